@@ -1,0 +1,105 @@
+"""Frozen, self-validating method configs with strict dict round-trips."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar
+
+from ..errors import VitoptError
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config. Subclasses are frozen dataclasses that validate in ``__post_init__``."""
+
+    method: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict:
+        d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"method": self.method, "version": self.version, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MethodConfig":
+        d = dict(d)
+        d.pop("method", None)
+        version = d.pop("version", cls.version)
+        if version != cls.version:
+            raise VitoptError(f"{cls.method} config version {version} is not supported (this vitopt reads {cls.version})")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise VitoptError(f"unknown {cls.method} option(s): {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(names))})")
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: coerce(v, hints.get(k), f"{cls.method}.{k}") for k, v in d.items()}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise VitoptError(f"invalid {cls.method} config: {e}") from None
+
+    def replace(self, **kw) -> "MethodConfig":
+        return self.from_dict({**self.to_dict(), **kw})
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+def coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a recipe/CLI value to the field's type; strings like "0.5" or "true" come from --set."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], name) if len(inner) == 1 else value
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [x for x in value.split(",") if x.strip()]
+            elem = args[0] if args else str
+            return tuple(coerce(x, elem, name) for x in value)
+    except (TypeError, ValueError):
+        raise VitoptError(f"{name}: cannot read {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def config_from_dict(d: dict) -> MethodConfig:
+    """Build the registered config for ``d['method']``."""
+    from .registry import get_method
+    if "method" not in d:
+        raise VitoptError("config has no 'method' key")
+    return get_method(d["method"]).config_cls.from_dict(d)
+
+
+def check_ratio(name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or not (0.0 < float(value) <= 1.0):
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+
+
+def check_positive(name: str, value, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value!r}")

@@ -1,0 +1,1 @@
+"""Compression methods; each sub-package registers itself with optimizer.compress on import."""

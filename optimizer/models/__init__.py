@@ -1,0 +1,1 @@
+"""Model loading (timm names, checkpoints, compressed directories) and the prunable ViT block."""
