@@ -72,7 +72,7 @@ def count_macs(model: nn.Module, inputs: Optional[torch.Tensor] = None, img_size
     """
     if inputs is None:
         p = next(model.parameters())
-        size = _input_size(model, img_size)
+        size = model_input_size(model, img_size)
         inputs = torch.zeros((1, *size), dtype=p.dtype, device=p.device)
     per_module: dict[str, int] = {}
     names = {m: n for n, m in model.named_modules()}
@@ -99,7 +99,8 @@ def count_macs(model: nn.Module, inputs: Optional[torch.Tensor] = None, img_size
                   per_module={k: v / batch for k, v in per_module.items()})
 
 
-def _input_size(model: nn.Module, default: int) -> tuple:
+def model_input_size(model: nn.Module, default: int = 224) -> tuple:
+    """(C, H, W) the model was built for (its patch embed), else its pretrained config."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
     pe = getattr(model, "patch_embed", None)

@@ -77,17 +77,25 @@ def collate(items) -> Batch:
                  [it[2] for it in ok], failed)
 
 
+def data_config(model) -> dict:
+    """timm's data config for the model, at the resolution the model was actually built for."""
+    from timm.data import resolve_data_config
+    from ..counting import model_input_size
+    cfg = resolve_data_config({}, model=model)
+    cfg["input_size"] = model_input_size(model)
+    return cfg
+
+
 def eval_transform(model):
     """timm's own evaluation transform for the model (from its pretrained config)."""
-    from timm.data import create_transform, resolve_data_config
-    cfg = resolve_data_config({}, model=model)
-    return create_transform(**cfg, is_training=False)
+    from timm.data import create_transform
+    return create_transform(**data_config(model), is_training=False)
 
 
 def train_transform(model):
     """timm's training augmentation (RandAugment, random resized crop) at the model's resolution."""
-    from timm.data import create_transform, resolve_data_config
-    cfg = resolve_data_config({}, model=model)
+    from timm.data import create_transform
+    cfg = data_config(model)
     return create_transform(input_size=cfg["input_size"], is_training=True, auto_augment="rand-m9-mstd0.5-inc1",
                             interpolation=cfg.get("interpolation", "bicubic"), mean=cfg["mean"], std=cfg["std"])
 

@@ -1,0 +1,71 @@
+"""``vitopt compress``: apply one compression method and save recipe + safetensors."""
+from __future__ import annotations
+
+import os
+import sys
+
+from .common import add_json_arg, add_model_args, load_model_from_args, positive_int, write_json_result
+
+
+def register(sub) -> None:
+    from ..compress.registry import method_names
+    p = sub.add_parser("compress", help="compress a model with one method (slim, lowrank, gates)")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
+    add_model_args(p)
+    p.add_argument("--calib", help="calibration / training image folder (labels optional)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--macs", help="target MACs ratio vs the input model, in (0, 1]")
+    budget.add_argument("--params", help="target parameter ratio vs the input model, in (0, 1]")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config field of the method (repeatable), e.g. --set epochs=2")
+    p.add_argument("--teacher", help="dense teacher (timm name) for distillation; default: the input model")
+    p.add_argument("--teacher-checkpoint", help="weights of --teacher")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda when a GPU is present, else cpu")
+    p.add_argument("--workers", default="2", help="data loader workers")
+    p.add_argument("--seed", default="0")
+    p.add_argument("--work-dir", help="keep resumable method checkpoints here")
+    p.add_argument("-o", "--output", required=True, help="output directory (recipe.json + model.safetensors)")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..compress.runner import build_config, compress_loaded, parse_set_options
+    from ..compress.saving import save_compressed
+    from ..counting import count_macs
+    from ..errors import VitoptError
+    opts = parse_set_options(args.set)
+    if args.macs is not None:
+        opts["macs"] = args.macs
+    if args.params is not None:
+        opts["params"] = args.params
+    cfg = build_config(args.method, opts)
+    out = args.output
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise VitoptError(f"output {out} exists and is not a directory")
+    import torch
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise VitoptError("--device cuda: no CUDA device available")
+    loaded = load_model_from_args(args)
+    teacher = None
+    if args.teacher:
+        from ..models.loading import load_model
+        teacher = load_model(args.teacher, args.teacher_checkpoint).model
+    before = count_macs(loaded.model)
+    cm = compress_loaded(loaded, [cfg], args.calib, teacher=teacher, device=args.device,
+                         workers=int(args.workers), seed=int(args.seed), work_dir=args.work_dir,
+                         log=lambda s: print(s, file=sys.stderr))
+    cm.model.to("cpu")
+    after = count_macs(cm.model)
+    save_compressed(out, cm)
+    pr, mr = after.params / before.params, after.macs / before.macs
+    print(f"{args.method}: params {before.mparams:.2f} M -> {after.mparams:.2f} M ({pr:.3f}x)   "
+          f"MACs {before.gmacs:.3f} G -> {after.gmacs:.3f} G ({mr:.3f}x)   saved to {out}")
+    write_json_result(args.json, {"method": args.method, "config": cfg.to_dict(), "output": out,
+                                  "before": before.to_dict(), "after": after.to_dict(),
+                                  "params_ratio": pr, "macs_ratio": mr, "report": cm.steps[-1]["report"]})
+    return 0
