@@ -1,0 +1,221 @@
+"""``TrtRunner``: execute a serialized TensorRT (or TensorRT for RTX) engine on an NVIDIA GPU.
+
+Device buffers are torch CUDA tensors; the engine runs with ``execute_async_v3`` on a torch CUDA
+stream and is timed with CUDA events recorded on that stream. Engines can be *built* without a GPU
+(TensorRT for RTX does that), but never *run* without one: construction fails with a one-line
+VitoptError on such a machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from ..errors import MissingDependency, VitoptError
+from ..fileio import require_file
+from .base import BaseRunner
+
+BUILDERS = ("tensorrt", "tensorrt_rtx")
+NO_GPU = "TensorRT engines need an NVIDIA GPU to run; none found"
+
+
+def gpu_available() -> bool:
+    """True when torch sees a CUDA device (without initialising more than the driver query)."""
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def engine_sidecar(engine_path: str | os.PathLike) -> Optional[dict]:
+    """The JSON written beside an engine by ``optimizer.engine.save_engine`` (``<engine>.json``), or None."""
+    p = Path(engine_path)
+    for cand in (p.with_name(p.name + ".json"), p.with_suffix(".json")):
+        if cand.is_file() and cand != p:
+            try:
+                return json.loads(cand.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
+
+
+def sidecar_memory_bytes(meta: Optional[dict]) -> Optional[int]:
+    """Weights + activation bytes recorded in an engine sidecar, if it has them."""
+    if not meta:
+        return None
+    flat = dict(meta)
+    for k in ("memory", "memory_bytes"):
+        if isinstance(meta.get(k), dict):
+            flat.update(meta[k])
+    w = next((flat[k] for k in ("weights_bytes", "weights_memory_bytes", "weight_bytes", "weights_memory",
+                                "weights") if isinstance(flat.get(k), (int, float))), None)
+    a = next((flat[k] for k in ("activation_bytes", "activation_memory_bytes", "activations_bytes",
+                                "activation_memory", "device_memory_bytes", "activations")
+              if isinstance(flat.get(k), (int, float))), None)
+    if w is None and a is None:
+        return None
+    return int((w or 0) + (a or 0))
+
+
+def import_builder(builder: Optional[str] = None):
+    """Import ``tensorrt`` or ``tensorrt_rtx`` (the named one, else whichever imports first)."""
+    import importlib
+    names = [builder] if builder else list(BUILDERS)
+    for n in names:
+        if n not in BUILDERS:
+            raise VitoptError(f"unknown TensorRT builder {n!r} (use {' or '.join(BUILDERS)})")
+        try:
+            return importlib.import_module(n)
+        except ImportError:
+            continue
+    raise MissingDependency(f"{' / '.join(names)} is not installed: pip install "
+                            + (" or ".join(n.replace('_', '-') for n in names)))
+
+
+def _torch_dtype(trt, dt):
+    import torch
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+             "int32": torch.int32, "int64": torch.int64, "int8": torch.int8, "bool": torch.bool,
+             "uint8": torch.uint8}
+    for name, t in table.items():
+        if hasattr(trt, name) and dt == getattr(trt, name):
+            return t
+    raise VitoptError(f"engine tensor type {dt} is not supported by TrtRunner")
+
+
+class TrtRunner(BaseRunner):
+    """Run a serialized engine (``.engine``) on the current CUDA device.
+
+    Args:
+        engine_path: the engine file; its ``<engine>.json`` sidecar (if present) names the builder.
+        builder: "tensorrt" or "tensorrt_rtx" (default: the sidecar's, else whichever imports).
+    Raises VitoptError when there is no NVIDIA GPU, the file is missing, or the engine does not
+    deserialize (other TensorRT version, other GPU); MissingDependency without a TensorRT module.
+    Example: ``with TrtRunner("deit.engine") as r: r.infer({r.input_name: x})``
+    """
+
+    backend = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, engine_path: str | os.PathLike, builder: Optional[str] = None, name: Optional[str] = None):
+        super().__init__(name)
+        self.path = require_file(engine_path, "TensorRT engine")
+        if not gpu_available():
+            raise VitoptError(f"{NO_GPU} (torch.cuda.is_available() is False); "
+                              f"build engines here, run {self.path.name} on a machine with one")
+        self.meta = engine_sidecar(self.path) or {}
+        self.builder = builder or self.meta.get("builder") or None
+        if self.builder is not None and self.builder not in BUILDERS:
+            self.builder = None
+        self.precision = str(self.meta.get("precision", "unknown"))
+        self.engine = self.context = None
+
+    def _activate(self) -> None:
+        import torch
+        trt = import_builder(self.builder)
+        self.builder = trt.__name__
+        self._trt = trt
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise VitoptError(f"cannot deserialize {self.path} with {self.builder} {trt.__version__} "
+                              "(built by another TensorRT version, or for another GPU?)")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise VitoptError(f"cannot create an execution context for {self.path} (out of GPU memory?)")
+        self._stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_in = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_names = [n for n in names if is_in[n]]
+        self.output_names = [n for n in names if not is_in[n]]
+        self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+        self._buffers = {}
+
+    def _deactivate(self) -> None:
+        self._buffers = {}
+        self.context = self.engine = None
+        self._runtime = None
+
+    @property
+    def sample_shape(self) -> Optional[Tuple[int, ...]]:
+        if self.engine is None:
+            return None
+        shape = tuple(self.engine.get_tensor_shape(self.input_names[0]))[1:]
+        return shape if all(d > 0 for d in shape) else None
+
+    @property
+    def input_dtype(self):
+        import torch
+        dt = self._dtypes.get(self.input_names[0]) if self.engine is not None else None
+        return np.float16 if dt == torch.float16 else np.float32
+
+    def info(self) -> dict:
+        return {"builder": self.builder, "engine": str(self.path),
+                "engine_memory_bytes": sidecar_memory_bytes(self.meta)}
+
+    def _bind(self, inputs: Dict[str, "object"]) -> Dict[str, "object"]:
+        """Set shapes and addresses for device tensors ``inputs``; allocate and bind the outputs."""
+        import torch
+        for n, t in inputs.items():
+            if not self.context.set_input_shape(n, tuple(t.shape)):
+                raise VitoptError(f"engine {self.path.name} does not accept {n} of shape {tuple(t.shape)} "
+                                  "(outside its optimization profile)")
+            self.context.set_tensor_address(n, t.data_ptr())
+        outs = {}
+        for n in self.output_names:
+            shape = tuple(self.context.get_tensor_shape(n))
+            if any(d < 0 for d in shape):
+                raise VitoptError(f"engine output {n} has unresolved shape {shape}")
+            outs[n] = torch.empty(shape, dtype=self._dtypes[n], device="cuda")
+            self.context.set_tensor_address(n, outs[n].data_ptr())
+        return outs
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self._stream.cuda_stream):
+            raise VitoptError(f"TensorRT failed to execute {self.path.name}")
+
+    def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        import torch
+        with torch.cuda.stream(self._stream):
+            ins = {n: torch.from_numpy(np.ascontiguousarray(feed[n])).to("cuda", self._dtypes[n]).contiguous()
+                   for n in self.input_names}
+            outs = self._bind(ins)
+            self._execute()
+            res = {n: t.float().cpu().numpy() if t.dtype == torch.bfloat16 else t.cpu().numpy()
+                   for n, t in outs.items()}
+        self._stream.synchronize()
+        self._prepared_batch = None  # bindings now point at this call's buffers
+        return res
+
+    def _prepare(self, data: np.ndarray) -> None:
+        import torch
+        with torch.cuda.stream(self._stream):
+            x = torch.from_numpy(data).to("cuda", self._dtypes[self.input_names[0]])
+            ins = {self.input_names[0]: x}
+            for n in self.input_names[1:]:
+                raise VitoptError(f"timing needs a single-input engine; {self.path.name} also has {n}")
+            self._buffers = {**ins, **self._bind(ins)}
+        self._stream.synchronize()
+
+    def _run_prepared(self) -> None:
+        self._execute()
+
+    def _synchronize(self) -> None:
+        self._stream.synchronize()
+
+    def infer_timed(self, batch: int) -> float:
+        """Milliseconds of device time for one inference, from CUDA events on the engine's stream."""
+        if self._prepared_batch != batch:
+            self.prepare(batch, self._prepared_shape)
+        self._start.record(self._stream)
+        self._execute()
+        self._end.record(self._stream)
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
