@@ -1,0 +1,1 @@
+"""``vitopt run``: a YAML recipe chains load → compress → eval → export → build → bench."""
