@@ -1,0 +1,52 @@
+"""Recipe parsing: env expansion, strict keys, one-line errors."""
+import pytest
+
+from optimizer.errors import VitoptError
+from optimizer.pipeline.recipe import load_recipe
+
+
+def write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_expansion_and_steps(tmp_path, monkeypatch):
+    monkeypatch.setenv("CKPT", "/w.pth")
+    monkeypatch.delenv("NODATA", raising=False)
+    r = load_recipe(write(tmp_path, "model: deit_tiny_patch16_224\ncheckpoint: ${CKPT}\ndata: ${NODATA:-}\n"
+                                    "steps:\n  - eval\n  - slim: {macs: 0.7}\n  - build: {batch: [1, 8]}\n"))
+    assert r.checkpoint == "/w.pth" and r.data is None
+    assert [(s.kind, s.options) for s in r.steps] == [("eval", {}), ("slim", {"macs": 0.7}), ("build", {"batch": [1, 8]})]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("model: m\nsteps: [eval]\nbogus: 1\n", "unknown key\\(s\\) bogus"),
+    ("model: m\nsteps: [{export: {opsett: 18}}]\n", "step 1 \\(export\\): unknown option\\(s\\) opsett"),
+    ("model: m\nsteps: [frobnicate]\n", "unknown step 'frobnicate'"),
+    ("steps: [eval]\n", "'model' is required"),
+    ("model: m\nsteps: []\n", "'steps' must be a non-empty list"),
+    ("model: m\ncheckpoint: ${SURELY_UNSET_VAR}\nsteps: [eval]\n", "SURELY_UNSET_VAR.* is not set"),
+    ("model: [unclosed\n", "is not valid YAML"),
+])
+def test_recipe_errors(tmp_path, text, msg):
+    with pytest.raises(VitoptError, match=msg):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(VitoptError, match="recipe not found"):
+        load_recipe(tmp_path / "none.yaml")
+
+
+def test_readme_gives_exactly_the_two_commands():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    setup = text.split("## Set-up")[1].split("```")[1]
+    cmds = [l.split("#")[0].strip() for l in setup.strip().splitlines()]
+    assert cmds == ["make demo", "make test"]
+    ci = (root / ".ci" / "run").read_text()
+    assert [l for l in ci.splitlines() if l and not l.startswith(("#", "set ", "cd "))] == ["make test"]
+    mk = (root / "Makefile").read_text()
+    assert "\ndemo:" in mk and "\ntest:" in mk and "benchmarks/recipes/demo.yaml" in mk
