@@ -50,6 +50,7 @@ class DistillConfig(MethodConfig):
     val_dir: Optional[str] = None
     eval_every: int = 0                 # steps between evaluations on val_dir (0 = only at the end)
     eval_limit: Optional[int] = None
+    eval_at_start: bool = True          # also evaluate before the first step (the "before" numbers)
     save_every: int = 100               # steps between resumable checkpoints in ctx.work_dir
     log_every: int = 10
 

@@ -1,0 +1,362 @@
+"""``recover``: fine-tune a compressed student from its frozen teacher on an image folder.
+
+One loop serves every compression method's recovery step and ``vitopt distill``:
+AdamW (no decay on norms, biases, position embeddings and prefix tokens), linear warm-up then
+cosine decay per step, timm's training augmentation, optional EMA, gradient clipping, mixed
+precision on CUDA, periodic evaluation (top-1 and agreement with the teacher), resumable
+checkpoints in ``ctx.work_dir``, and DistributedDataParallel when a process group exists
+(``torchrun --nproc_per_node N``; gloo on CPU). The teacher runs under ``no_grad`` in eval mode
+and is never updated.
+
+Determinism: the data order of epoch e is a permutation drawn from (seed, e), split across ranks;
+the L_rand sample of step s on rank r is drawn from (seed, r, s). Resuming restores weights,
+optimizer, EMA and step, and skips the batches already seen; the random augmentation of the
+remaining batches is re-seeded, so only ``augment=False`` resumes bit-for-bit.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from ..errors import VitoptError
+from . import _dist
+from .config import DistillConfig
+from .features import BlockTap, matched_features
+from .loss import ManifoldDistillLoss
+
+STATE_FILE = "distill_state.pt"
+STATE_FORMAT = "vitopt-distill-state"
+# config fields that may change between a run and its resumption
+_RESUMABLE_CHANGES = {"val_dir", "eval_every", "eval_limit", "eval_at_start", "save_every", "log_every"}
+
+
+def lr_at(step: int, total: int, base: float, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``base`` to ``base·min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    span = max(total - warmup, 1)
+    t = min(max(step - warmup, 0) / span, 1.0)
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list:
+    """This rank's share of epoch ``epoch``'s permutation; every rank gets the same count."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    per = n // world
+    return perm[rank * per:(rank + 1) * per] if world > 1 else perm
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list:
+    """timm's rule: no weight decay on 1-D tensors (norms, biases) and the model's no_weight_decay set."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class ModelEma:
+    """Exponential moving average of a model's parameters (buffers copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def _fingerprint(model: nn.Module) -> list:
+    return [[k, list(v.shape)] for k, v in model.state_dict().items()]
+
+
+def _seed_everything(seed: int) -> None:
+    # timm's RandAugment draws from numpy, its crops from `random`; DataLoader workers reseed all three
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _val_loader(cfg: DistillConfig, ctx, model, log):
+    from ..data import build_loader
+    try:
+        return build_loader(cfg.val_dir, model, batch_size=cfg.batch_size, synsets=ctx.synsets, labeled=True,
+                            workers=ctx.workers, limit=cfg.eval_limit)
+    except VitoptError as e:
+        if "not found" in str(e):
+            raise
+        log(f"distill: {cfg.val_dir} has no usable labels ({e}); reporting agreement only")
+        return build_loader(cfg.val_dir, model, batch_size=cfg.batch_size, labeled=False,
+                            workers=ctx.workers, limit=cfg.eval_limit)
+
+
+def _evaluate(model, teacher, loader, device) -> dict:
+    from ..evaluation import evaluate
+    r = evaluate(model, loader, reference=teacher, device=str(device), desc="distill eval").to_dict()
+    r.pop("failed", None)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+
+
+def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional[DistillConfig] = None,
+            *, resume: bool = False) -> dict:
+    """Fine-tune ``student`` (in place) from the frozen ``teacher`` on ``ctx.calib_dir``.
+
+    Args:
+        student: the compressed model; trained in place (left in eval mode, EMA weights if enabled).
+        teacher: the dense original; None only when ``cfg.alpha == cfg.beta == 0`` (plain CE).
+        ctx: ``CompressContext`` (calib_dir, device, workers, seed, work_dir, log, synsets).
+        cfg: ``DistillConfig`` (default: official manifold-distillation weights, one epoch).
+        resume: continue from ``ctx.work_dir``'s checkpoint (error when there is none).
+    Returns:
+        report dict: steps, epochs, images, seconds, images_per_s, lr, first/final losses, evals, world_size.
+    Raises:
+        VitoptError on a missing teacher/data, unpaired layers, unlabelled data with alpha < 1,
+        or a checkpoint written for another model or config.
+    Example: ``recover(slim, dense, CompressContext(calib_dir="train/"), DistillConfig(steps=300))``
+    """
+    cfg = cfg or DistillConfig()
+    log = ctx.log if ctx.log is not None else (lambda s: None)
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    rank, world = _dist.rank_world()
+    device = torch.device(ctx.device)
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", _dist.local_rank())
+    if not ctx.calib_dir:
+        raise VitoptError("distillation needs training images (calib_dir / --data DIR)")
+    if cfg.needs_teacher and teacher is None:
+        raise VitoptError("alpha > 0 or beta > 0 needs a teacher model")
+    use_teacher = cfg.needs_teacher
+    if teacher is not None:
+        teacher.eval().requires_grad_(False).to(device)
+    try:
+        pairs = cfg.layer_pairs(len(student.blocks), len(teacher.blocks)) if cfg.beta > 0 else []
+    except ValueError as e:
+        raise VitoptError(str(e)) from None
+    is_main = rank == 0
+    say = log if is_main else (lambda s: None)
+
+    # data: this rank's share of each epoch, augmented with timm's training transform
+    from ..data.folder import ImageFolderData, collate, eval_transform, train_transform
+    tf = train_transform(student) if cfg.augment else eval_transform(student)
+    ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit)
+    if len(ds) < world:
+        raise VitoptError(f"{len(ds)} training images cannot be split over {world} processes")
+    if cfg.needs_labels:
+        top = max(lbl for _, lbl in ds.samples)
+        classes = getattr(student, "num_classes", None)
+        if classes is not None and top >= classes:
+            raise VitoptError(f"label {top} in {ctx.calib_dir} is outside the model's {classes} classes")
+    per_rank = len(ds) // world
+    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
+    total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * steps_per_epoch))
+    warmup = int(cfg.warmup_frac * total)
+    base_lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * world / 512
+
+    student.to(device).train()
+    groups = param_groups(student, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    if not params:
+        raise VitoptError("the student has no trainable parameters")
+    opt = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    loss_fn = ManifoldDistillLoss.from_config(cfg)
+
+    start, history = 0, []
+    state_path = Path(ctx.work_dir) / STATE_FILE if ctx.work_dir else None
+    ema = ModelEma(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if resume:
+        start, history = _load_state(state_path, cfg, student, opt, ema, scaler)
+        say(f"distill: resumed at step {start}/{total} from {state_path}")
+
+    model = student
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+    val_loader = _val_loader(cfg, ctx, student, say) if (cfg.val_dir and is_main) else None
+
+    def run_eval(step_now: int) -> None:
+        if val_loader is not None:
+            t = time.perf_counter()
+            r = _evaluate(ema.module if ema else student, teacher, val_loader, device)
+            r.update(step=step_now, seconds=round(time.perf_counter() - t, 2))
+            history.append(r)
+            say(f"distill: eval at step {step_now}: top-1 {r.get('top1')}  agreement {r.get('agreement')}")
+            student.train()
+        _dist.barrier()
+
+    if cfg.eval_at_start and start == 0:
+        run_eval(0)
+
+    s_layers, t_layers = [s for s, _ in pairs], [t for _, t in pairs]
+    tap_s, tap_t = BlockTap(student, s_layers), BlockTap(teacher, t_layers) if pairs else None
+    window: list = []
+    first: Optional[dict] = None
+    images = 0
+    failed: list = []
+    bar = _progress(total, start) if is_main else None
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
+    index_cache: dict = {}
+    t0 = time.perf_counter()
+    step = start
+    try:
+        epoch, offset = divmod(start, steps_per_epoch)
+        while step < total:
+            idx = epoch_indices(len(ds), seed, epoch, rank, world)[offset * cfg.batch_size:]
+            _seed_everything(seed * 7919 + epoch * 131 + offset + rank * 1_000_003)
+            g = torch.Generator().manual_seed(seed * 7919 + epoch * 131 + offset + rank * 1_000_003)
+            loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=idx,
+                                                 num_workers=ctx.workers, collate_fn=collate, generator=g)
+            for batch in loader:
+                if step >= total:
+                    break
+                failed.extend(batch.failed)
+                if batch.images.numel() == 0:
+                    if world > 1:
+                        raise VitoptError(f"every image of a batch was unreadable ({batch.failed[:3]})")
+                    continue
+                lr = lr_at(step, total, base_lr, warmup, cfg.min_lr_ratio)
+                for grp in opt.param_groups:
+                    grp["lr"] = lr
+                x = batch.images.to(device, non_blocking=True)
+                y = batch.labels.to(device) if cfg.needs_labels else None
+                with autocast():
+                    z_t = None
+                    if use_teacher:
+                        with torch.no_grad():
+                            z_t = teacher(x)
+                    z_s = model(x)
+                    fs, ft = (matched_features(student, tap_s.outputs, teacher, tap_t.outputs, pairs, index_cache)
+                              if pairs else ([], []))
+                rand_gen = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7_919 + step)
+                terms = loss_fn(z_s, z_t, fs, ft, y, generator=rand_gen)
+                tap_s.outputs.clear()
+                if tap_t is not None:
+                    tap_t.outputs.clear()
+                if not torch.isfinite(terms.total):
+                    raise VitoptError(f"distillation loss is {float(terms.total)} at step {step} "
+                                      "(lower --lr or enable gradient clipping)")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(terms.total).backward()
+                grad_norm = None
+                if cfg.clip_grad is not None:
+                    scaler.unscale_(opt)
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad))
+                scaler.step(opt)
+                scaler.update()
+                if ema is not None:
+                    ema.update(student)
+                step += 1
+                images += x.shape[0]
+                d = terms.to_dict()
+                if grad_norm is not None:
+                    d["grad_norm"] = grad_norm
+                window.append(d)
+                window = window[-cfg.log_every:]
+                if first is None and len(window) == min(cfg.log_every, total - start):
+                    first = _mean(window)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in d.items() if v}, refresh=False)
+                if step % cfg.log_every == 0 or step == total:
+                    m = _mean(window)
+                    say(f"distill: step {step}/{total} lr {lr:.2e} " +
+                        " ".join(f"{k} {v:.4g}" for k, v in m.items() if v))
+                if state_path is not None and cfg.save_every and step % cfg.save_every == 0 and step < total:
+                    _save_state(state_path, cfg, step, student, opt, ema, scaler, history, is_main)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    run_eval(step)
+            epoch, offset = epoch + 1, 0
+    finally:
+        tap_s.remove()
+        if tap_t is not None:
+            tap_t.remove()
+        if bar is not None:
+            bar.close()
+    train_seconds = time.perf_counter() - t0
+    if ema is not None:
+        student.load_state_dict(ema.module.state_dict())
+    if state_path is not None and cfg.save_every:
+        _save_state(state_path, cfg, step, student if ema is None else ema.module, opt, ema, scaler, history,
+                    is_main)
+    run_eval(step)
+    student.eval()
+    final = _mean(window) if window else {}
+    images_all = int(_dist.all_mean([float(images)], device)[0] * world)
+    report = {
+        "steps": step, "start_step": start, "epochs": round(step / steps_per_epoch, 3),
+        "steps_per_epoch": steps_per_epoch, "images": images_all, "world_size": world,
+        "seconds": round(train_seconds, 2),
+        "images_per_s": round(images_all / train_seconds, 2) if train_seconds > 0 else None,
+        "lr": base_lr, "first_losses": first or {}, "final_losses": final,
+        "evals": history, "final_eval": history[-1] if history else None,
+        "unreadable_images": len(failed), "config": cfg.to_dict(),
+    }
+    return report
+
+
+def _mean(rows: list) -> dict:
+    keys = rows[0].keys()
+    return {k: round(sum(r.get(k, 0.0) for r in rows) / len(rows), 6) for k in keys}
+
+
+def _progress(total: int, start: int):
+    from ..progress import progress
+    return progress(None, total=total, initial=start, desc="distill", unit="step")
+
+
+def _save_state(path: Path, cfg, step, student, opt, ema, scaler, history, is_main) -> None:
+    if is_main:
+        from ..fileio import atomic_path
+        state = {"format": STATE_FORMAT, "version": 1, "step": step, "config": cfg.to_dict(),
+                 "fingerprint": _fingerprint(student), "student": student.state_dict(),
+                 "optimizer": opt.state_dict(), "ema": ema.module.state_dict() if ema else None,
+                 "scaler": scaler.state_dict(), "history": history}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    _dist.barrier()
+
+
+def _load_state(path: Optional[Path], cfg, student, opt, ema, scaler) -> tuple:
+    if path is None:
+        raise VitoptError("resuming needs a work directory (ctx.work_dir / --work-dir)")
+    if not path.is_file():
+        raise VitoptError(f"nothing to resume: no checkpoint at {path}")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise VitoptError(f"cannot read distillation checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise VitoptError(f"{path} is not a vitopt distillation checkpoint")
+    if state["fingerprint"] != _fingerprint(student):
+        raise VitoptError(f"checkpoint {path} was written for a different student architecture")
+    old, new = state["config"], cfg.to_dict()
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES)
+    if changed:
+        raise VitoptError(f"checkpoint {path} was written with other settings ({', '.join(changed)}); "
+                          "resume with the same settings or start afresh")
+    student.load_state_dict(state["student"])
+    opt.load_state_dict(state["optimizer"])
+    if ema is not None and state.get("ema") is not None:
+        ema.module.load_state_dict(state["ema"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return int(state["step"]), list(state.get("history", []))
