@@ -181,15 +181,19 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
 
     start, history = 0, []
     state_path = Path(ctx.work_dir) / STATE_FILE if ctx.work_dir else None
-    ema = ModelEma(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema_state = None
     if resume:
-        start, history = _load_state(state_path, cfg, student, opt, ema, scaler)
+        start, history, ema_state = _load_state(state_path, cfg, student, opt, scaler)
         say(f"distill: resumed at step {start}/{total} from {state_path}")
 
     model = student
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
+        # DDP broadcasts rank 0's weights here, so the EMA copy below starts identical on every rank
         model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
+    ema = ModelEma(student, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if ema is not None and ema_state is not None:
+        ema.module.load_state_dict(ema_state)
 
     val_loader = _val_loader(cfg, ctx, student, say) if (cfg.val_dir and is_main) else None
 
@@ -335,7 +339,7 @@ def _save_state(path: Path, cfg, step, student, opt, ema, scaler, history, is_ma
     _dist.barrier()
 
 
-def _load_state(path: Optional[Path], cfg, student, opt, ema, scaler) -> tuple:
+def _load_state(path: Optional[Path], cfg, student, opt, scaler) -> tuple:
     if path is None:
         raise VitoptError("resuming needs a work directory (ctx.work_dir / --work-dir)")
     if not path.is_file():
@@ -355,8 +359,6 @@ def _load_state(path: Optional[Path], cfg, student, opt, ema, scaler) -> tuple:
                           "resume with the same settings or start afresh")
     student.load_state_dict(state["student"])
     opt.load_state_dict(state["optimizer"])
-    if ema is not None and state.get("ema") is not None:
-        ema.module.load_state_dict(state["ema"])
     if state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    return int(state["step"]), list(state.get("history", []))
+    return int(state["step"]), list(state.get("history", [])), state.get("ema")
