@@ -44,3 +44,35 @@ def pruned_tiny_vit(seed: int = 0) -> nn.Module:
     model.blocks[1] = _slice_block(model.blocks[1], [1, 3], 16, 64, [0, 2, 4, 5, 6, 9, 10])
     model.blocks[2] = _slice_block(model.blocks[2], [0, 1, 2, 3], 16, 256, None)
     return model.eval()
+
+
+# tolerances used across export/graph/engine tests, in one place
+TOLERANCES = {
+    "fp32_export_atol": 1e-4,      # lossless: PyTorch vs ONNX Runtime, max abs diff of logits
+    "lossless_pass_atol": 1e-5,    # a graph rule / cleanup: ORT before vs after
+    "fp16_min_cosine": 0.999,      # fp16 vs fp32 logits, worst sample
+    "fp16_min_top1_agreement": 0.95,
+}
+
+
+def export_tiny(tmp_path, model=None, name: str = "m.onnx", **kw):
+    """Export ``model`` (default: tiny ViT) and return (model, path)."""
+    from optimizer.export import onnx_from_torch
+    model = tiny_vit() if model is None else model
+    path = tmp_path / name
+    onnx_from_torch(model, path, **kw)
+    return model, path
+
+
+def run_ort(path_or_proto, x):
+    """First output of the model in ONNX Runtime for the float32 array ``x``."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    src = path_or_proto if isinstance(path_or_proto, (str, bytes)) or hasattr(path_or_proto, "__fspath__") \
+        else path_or_proto.SerializeToString()
+    if hasattr(src, "__fspath__"):
+        src = str(src)
+    sess = ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
