@@ -1,0 +1,228 @@
+"""``vitopt bench``: latency percentiles, throughput and peak memory per backend and batch size.
+
+FILE decides what can run: an ``.onnx`` file runs in ONNX Runtime (and TensorRT, built on the
+fly, on a GPU machine), an ``.engine`` in TensorRT, a timm model name or a compressed model
+directory in PyTorch — and in ONNX Runtime after a temporary export. Every backend goes through
+``optimizer.bench.benchmark``; the table printed is ``optimizer.bench.to_markdown``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import VitoptError
+from .common import parse_batches, positive_int
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+_ALIASES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "torch": "torch", "pytorch": "torch",
+            "tensorrt": "tensorrt", "trt": "tensorrt"}
+SKIP_TRT = "tensorrt: skipped, engine cannot run here (no NVIDIA GPU)"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="latency p50/p90/p99, throughput and peak memory per backend and batch size",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("target", metavar="FILE|MODEL",
+                   help=".onnx file, .engine file, timm model name or compressed model directory")
+    p.add_argument("--backend", default=None,
+                   help="comma list of onnxruntime, torch, tensorrt (default: onnxruntime for .onnx, "
+                        "tensorrt for .engine, torch for a model)")
+    p.add_argument("--batch", default="1,8,32", help="comma list of batch sizes (default 1,8,32)")
+    p.add_argument("--threads", default=None,
+                   help="CPU threads: ONNX Runtime intra-op and torch (default: physical cores for ORT, "
+                        "torch's own setting)")
+    p.add_argument("--spinning", action="store_true",
+                   help="let ONNX Runtime's idle threads spin (ORT's default; off here unless given)")
+    p.add_argument("--warmup", default="10", help="untimed iterations per batch size (default 10)")
+    p.add_argument("--iters", default="50", help="at least this many timed iterations per batch size (default 50)")
+    p.add_argument("--min-time", default="1.0",
+                   help="and at least this many seconds of timed iterations per batch size (default 1.0)")
+    p.add_argument("--fp16", action="store_true",
+                   help="half precision: torch casts the model, ONNX Runtime runs an FP16-converted graph "
+                        "(a prebuilt .engine keeps its own precision)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="torch device / ONNX Runtime provider (default cpu; TensorRT always runs on the GPU)")
+    p.add_argument("--checkpoint", default=os.environ.get("VITOPT_CHECKPOINT") or None,
+                   help="weights for a timm model name (default: $VITOPT_CHECKPOINT; none: random weights, "
+                        "fine for latency)")
+    p.add_argument("--json", metavar="PATH", help="write the rows (with environments) as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the Markdown table")
+    p.set_defaults(func=run)
+
+
+def _kind(target: str) -> str:
+    if target.endswith(".onnx"):
+        return "onnx"
+    if target.endswith((".engine", ".plan", ".trt")):
+        return "engine"
+    return "model"
+
+
+def _parse_backends(text, kind) -> list:
+    if text is None:
+        return [{"onnx": "onnxruntime", "engine": "tensorrt", "model": "torch"}[kind]]
+    out = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        if part not in _ALIASES:
+            raise VitoptError(f"unknown backend '{part}' (choose from {', '.join(BACKENDS)})")
+        if _ALIASES[part] not in out:
+            out.append(_ALIASES[part])
+    if not out:
+        raise VitoptError("no backend given")
+    return out
+
+
+def _check_output(path, flag) -> None:
+    if path and os.path.isdir(path):
+        raise VitoptError(f"{flag} {path} is a directory, expected a file path")
+
+
+def _validate(args):
+    from ..fileio import require_file
+    kind = _kind(args.target)
+    backends = _parse_backends(args.backend, kind)
+    batches = parse_batches(args.batch)
+    warmup = int(args.warmup) if str(args.warmup).strip().isdigit() else None
+    if warmup is None:
+        raise VitoptError(f"--warmup must be a non-negative integer, got {args.warmup!r}")
+    iters = positive_int(args.iters, "--iters")
+    try:
+        min_time = float(args.min_time)
+    except ValueError:
+        raise VitoptError(f"--min-time must be a number of seconds, got {args.min_time!r}") from None
+    if not min_time >= 0:
+        raise VitoptError(f"--min-time must be >= 0, got {args.min_time}")
+    threads = positive_int(args.threads, "--threads") if args.threads is not None else None
+    _check_output(args.json, "--json")
+    _check_output(args.markdown, "--markdown")
+    if kind == "onnx":
+        require_file(args.target, "ONNX model")
+    elif kind == "engine":
+        require_file(args.target, "TensorRT engine")
+    if kind != "model" and args.checkpoint and args.checkpoint != os.environ.get("VITOPT_CHECKPOINT"):
+        raise VitoptError(f"--checkpoint applies to a timm model name, not to {args.target}")
+    for b in backends:
+        if b == "torch" and kind != "model":
+            raise VitoptError(f"backend torch needs a timm model name or compressed model directory, "
+                              f"not the {kind} file {args.target}")
+        if b == "onnxruntime" and kind == "engine":
+            raise VitoptError(f"backend onnxruntime cannot run the TensorRT engine {args.target}")
+    if args.device == "cuda" and any(b != "tensorrt" for b in backends):
+        from ..runners import gpu_available
+        if not gpu_available():
+            raise VitoptError("--device cuda: torch sees no CUDA GPU on this machine")
+    return kind, backends, batches, warmup, iters, min_time, threads
+
+
+def _export_onnx(model, path: Path, what: str) -> str:
+    """Temporary ONNX for the onnxruntime backend: optimizer.export if present, else the legacy exporter."""
+    try:
+        from ..export import onnx_from_torch
+    except ImportError:
+        onnx_from_torch = None
+    if onnx_from_torch is not None:
+        print(f"onnxruntime: exporting {what} to a temporary ONNX file with optimizer.export.onnx_from_torch",
+              file=sys.stderr)
+        info = onnx_from_torch(model, path)
+        if getattr(info, "fallback_reason", None):
+            print(f"onnxruntime: export fell back to the TorchScript exporter: {info.fallback_reason}",
+                  file=sys.stderr)
+        return str(path)
+    import warnings
+    import torch
+    print(f"onnxruntime: exporting {what} to a temporary ONNX file with the legacy torch.onnx exporter",
+          file=sys.stderr)
+    pe = model.patch_embed
+    size = pe.img_size if isinstance(pe.img_size, (tuple, list)) else (pe.img_size, pe.img_size)
+    x = torch.randn(2, pe.proj.in_channels, *size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, x, str(path), dynamo=False, opset_version=18, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return str(path)
+
+
+def _fp16_onnx(src: str, dst: Path) -> str:
+    import onnx
+    from ..fileio import atomic_path
+    from ..graph import convert_to_fp16
+    print(f"onnxruntime: converting {Path(src).name} to FP16 with optimizer.graph.convert_to_fp16 "
+          "(inputs/outputs stay FP32)", file=sys.stderr)
+    with atomic_path(dst) as tmp:
+        onnx.save(convert_to_fp16(onnx.load(src)), str(tmp))
+    return str(dst)
+
+
+def _trt_runner(kind, target, onnx_path, fp16, tmp: Path, batches):
+    from ..runners import TrtRunner
+    if kind == "engine":
+        if fp16:
+            print("tensorrt: --fp16 ignored, a prebuilt engine keeps the precision it was built with", file=sys.stderr)
+        return TrtRunner(target)
+    try:
+        from ..engine import engine_from_onnx, save_engine
+    except ImportError:
+        raise VitoptError("building a TensorRT engine needs optimizer.engine, which is not in this build; "
+                          "give a prebuilt .engine file") from None
+    print(f"tensorrt: building a temporary engine from {Path(onnx_path).name} "
+          f"({'fp16' if fp16 else 'fp32'}, batch {min(batches)}..{max(batches)})", file=sys.stderr)
+    engine_path = tmp / "model.engine"
+    save_engine(engine_from_onnx(onnx_path, batch_sizes=tuple(batches), fp16=fp16), engine_path)
+    return TrtRunner(engine_path)
+
+
+def run(args) -> int:
+    from ..bench import benchmark, rows_to_dict, to_markdown
+    from ..fileio import write_json, write_text
+    from ..runners import OrtRunner, TorchRunner, gpu_available
+
+    kind, backends, batches, warmup, iters, min_time, threads = _validate(args)
+    loaded = None
+    if kind == "model":
+        from ..models.loading import load_model
+        loaded = load_model(args.target, args.checkpoint)
+        print(f"model: {loaded.describe()}", file=sys.stderr)
+    rows, skipped, notes = [], [], []
+    with tempfile.TemporaryDirectory(prefix="vitopt-bench-") as td:
+        tmp = Path(td)
+        onnx_path = args.target if kind == "onnx" else None
+        for backend in backends:
+            if backend == "tensorrt" and not gpu_available():
+                print(SKIP_TRT)
+                skipped.append({"backend": "tensorrt", "reason": "no NVIDIA GPU"})
+                continue
+            if backend in ("onnxruntime", "tensorrt") and onnx_path is None and kind == "model":
+                onnx_path = _export_onnx(loaded.model, tmp / "model.onnx", loaded.arch)
+                notes.append("onnxruntime/tensorrt ran a temporary ONNX export of the model")
+            if backend == "torch":
+                runner = TorchRunner(loaded.model, device=args.device, dtype="fp16" if args.fp16 else None,
+                                     threads=threads)
+            elif backend == "onnxruntime":
+                path = _fp16_onnx(onnx_path, tmp / "model_fp16.onnx") if args.fp16 else onnx_path
+                runner = OrtRunner(path, threads=threads, allow_spinning=args.spinning,
+                                   providers="cuda" if args.device == "cuda" else None)
+            else:
+                runner = _trt_runner(kind, args.target, onnx_path, args.fp16, tmp, batches)
+            print(f"{backend}: batch {','.join(map(str, batches))}, warmup {warmup}, "
+                  f">= {iters} iterations and >= {min_time:g} s per batch size", file=sys.stderr)
+            rows += benchmark(runner, batches, warmup=warmup, iters=iters, min_time_s=min_time)
+    if not rows:
+        raise VitoptError("nothing was benchmarked: every requested backend was skipped")
+    md = to_markdown(rows, title=f"vitopt bench {args.target}")
+    print(md, end="")
+    out = rows_to_dict(rows)
+    out.update({"target": args.target, "model": loaded.to_dict() if loaded else None, "skipped": skipped,
+                "notes": notes, "settings": {"batch_sizes": batches, "warmup": warmup, "iters": iters,
+                                             "min_time_s": min_time, "threads": threads,
+                                             "ort_allow_spinning": args.spinning, "fp16": args.fp16,
+                                             "device": args.device}})
+    if args.json:
+        write_json(args.json, out)
+    if args.markdown:
+        write_text(args.markdown, md)
+    return 0
