@@ -1,0 +1,102 @@
+"""``GatesConfig``: USDC input-adaptive group gates plus static pruning from gate statistics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ...compress.config import MethodConfig, check_positive, check_ratio
+
+ESTIMATORS = ("ste", "gumbel")
+
+
+@dataclass(frozen=True)
+class GatesConfig(MethodConfig):
+    """Options of the ``gates`` step (``vitopt compress --method gates --macs 0.6``).
+
+    macs_ratio        target average executed MACs, as a fraction of the model entering this step
+    gamma             weight of the MACs-target loss gamma * (ratio - macs_ratio)^2 (paper: 100)
+    group_size        MLP channels per gate (a multiple of 8/16/32 keeps GEMMs aligned); the
+                      remainder hidden % group_size is never gated
+    gate_heads        gate attention heads (one gate per head)
+    gate_mlp          gate MLP channel groups
+    gate_hidden       hidden width of each gate net (0: a single Linear)
+    threshold         gate logit threshold: a unit runs when its score > threshold
+    init_logit        initial gate bias (> threshold: training starts from the dense model)
+    estimator         "ste" (straight-through sigmoid) or "gumbel" (straight-through Gumbel-sigmoid)
+    gumbel_tau        temperature of the Gumbel-sigmoid
+    subgroup_aug      sub-group gate augmentation: every other step splits the batch recursively
+                      (B/2, B/4, ..., 1, 1) with one gate decision per sub-group; off: one per batch
+    epochs / steps    gate training length over the calibration images (steps wins when set)
+    batch_size        training batch (= the largest gate group seen in training)
+    lr_gates          AdamW learning rate of the gate nets
+    lr_backbone       learning rate of the other weights during gate training (0: frozen)
+    finetune_steps    joint fine-tune after static pruning (gates + backbone at finetune_lr)
+    finetune_lr       learning rate of that fine-tune
+    kd_tau            logit distillation temperature (teacher = the model entering this step)
+    never_on          a unit on in at most this fraction of calibration groups is removed
+    always_on         a unit on in at least this fraction of calibration groups becomes static
+    calib_groups      group sizes (inference batch sizes) on which on-frequencies are measured
+    calib_images      use at most this many calibration images (None: all)
+    augment           timm training augmentation for the training images
+    """
+
+    macs_ratio: Optional[float] = 0.6
+    gamma: float = 100.0
+    group_size: int = 32
+    gate_heads: bool = True
+    gate_mlp: bool = True
+    gate_hidden: int = 32
+    threshold: float = 0.0
+    init_logit: float = 1.0
+    estimator: str = "ste"
+    gumbel_tau: float = 1.0
+    subgroup_aug: bool = True
+    epochs: float = 2.0
+    steps: Optional[int] = None
+    batch_size: int = 32
+    lr_gates: float = 1e-2
+    lr_backbone: float = 0.0
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-5
+    kd_tau: float = 1.0
+    never_on: float = 0.01
+    always_on: float = 0.99
+    calib_groups: tuple[int, ...] = (1, 32)
+    calib_images: Optional[int] = None
+    augment: bool = True
+
+    def __post_init__(self):
+        if self.macs_ratio is None:
+            raise ValueError("gates needs a MACs target: --macs R (macs_ratio in (0, 1])")
+        check_ratio("macs_ratio", self.macs_ratio, allow_none=False)
+        check_positive("gamma", self.gamma, allow_zero=True)
+        if not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
+        if not isinstance(self.gate_hidden, int) or self.gate_hidden < 0:
+            raise ValueError(f"gate_hidden must be an integer >= 0, got {self.gate_hidden!r}")
+        if not (self.gate_heads or self.gate_mlp):
+            raise ValueError("nothing to gate: gate_heads and gate_mlp are both off")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        check_positive("gumbel_tau", self.gumbel_tau)
+        check_positive("epochs", self.epochs, allow_zero=True)
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 0):
+            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        check_positive("lr_gates", self.lr_gates)
+        check_positive("lr_backbone", self.lr_backbone, allow_zero=True)
+        if not isinstance(self.finetune_steps, int) or self.finetune_steps < 0:
+            raise ValueError(f"finetune_steps must be a non-negative integer, got {self.finetune_steps!r}")
+        check_positive("finetune_lr", self.finetune_lr)
+        check_positive("kd_tau", self.kd_tau)
+        for name in ("never_on", "always_on"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a fraction in [0, 1], got {v!r}")
+        if self.never_on >= self.always_on:
+            raise ValueError(f"never_on ({self.never_on}) must be below always_on ({self.always_on})")
+        if not self.calib_groups or any(not isinstance(g, int) or g < 1 for g in self.calib_groups):
+            raise ValueError(f"calib_groups must be positive integers, got {self.calib_groups!r}")
+        if self.calib_images is not None and (not isinstance(self.calib_images, int) or self.calib_images < 1):
+            raise ValueError(f"calib_images must be a positive integer, got {self.calib_images!r}")

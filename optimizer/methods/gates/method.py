@@ -1,0 +1,95 @@
+"""``apply``/``rebuild`` of the ``gates`` step: gate, train, calibrate, prune statically, recover."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ...compress.registry import CompressContext, StepResult
+from ...counting import count_macs, count_params
+from ...errors import VitoptError
+from .config import GatesConfig
+from .convert import gate_model, gate_summary, rebuild_gated, static_prune, structure_of
+from .modules import gated_modules, set_forced_gates
+from .train import calibrate_gates, train_gates
+
+
+def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
+    """Gate every block of ``model``, train the gates on ``ctx.calib_dir`` towards ``cfg.macs_ratio``,
+    remove never-on units, make always-on units static, and optionally fine-tune.
+
+    Example: ``apply_gates(model, GatesConfig(macs_ratio=0.6), CompressContext(calib_dir="train/"))``
+    """
+    if not isinstance(cfg, GatesConfig):
+        raise VitoptError(f"gates needs a GatesConfig, got {type(cfg).__name__}")
+    if not ctx.calib_dir:
+        raise VitoptError("gates needs calibration images to train its gates (--calib DIR)")
+    device = torch.device(ctx.device)
+    torch.manual_seed(ctx.seed)
+    model.eval().to(device)
+    teacher = ctx.teacher if ctx.teacher is not None else copy.deepcopy(model)
+    teacher.eval().requires_grad_(False).to(device)
+    dense = count_macs(model)
+    dense_params = count_params(model)
+    log = ctx.log or (lambda s: None)
+
+    gate_model(model, group_size=cfg.group_size, gate_hidden=cfg.gate_hidden, threshold=cfg.threshold,
+               init_logit=cfg.init_logit, gate_heads=cfg.gate_heads, gate_mlp_channels=cfg.gate_mlp)
+    model.to(device)
+    train_loader = ctx.calib_loader(model, cfg.batch_size, train=cfg.augment, shuffle=True, limit=cfg.calib_images)
+    steps = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * len(train_loader)))
+    log(f"gates: training gates for {steps} steps (batch {cfg.batch_size}, target MACs {cfg.macs_ratio}, "
+        f"sub-group augmentation {'on' if cfg.subgroup_aug else 'off'})")
+    train_report = train_gates(model, teacher, train_loader, target=cfg.macs_ratio, gamma=cfg.gamma, steps=steps,
+                               lr_gates=cfg.lr_gates, lr_backbone=cfg.lr_backbone, kd_tau=cfg.kd_tau,
+                               subgroup_aug=cfg.subgroup_aug, estimator=cfg.estimator,
+                               gumbel_tau=cfg.gumbel_tau, dense_macs=dense.macs, device=device, log=log)
+
+    loaders = {g: ctx.calib_loader(model, g, shuffle=True, limit=cfg.calib_images) for g in cfg.calib_groups}
+    active = calibrate_gates(model, loaders, device)
+    gated_params = count_params(model)
+    pruned = static_prune(model, cfg.never_on, cfg.always_on)
+    log(f"gates: calibration active fraction {active}; static pruning {pruned}")
+
+    finetune = None
+    if cfg.finetune_steps:
+        finetune = _finetune(model, teacher, ctx, cfg)
+
+    deployed_params = count_params(model)
+    set_forced_gates(model, "on")
+    upper = count_macs(model).macs
+    set_forced_gates(model, None)
+    report = {
+        "dense_macs": dense.macs, "dense_params": dense_params,
+        "gated_params_before_static": gated_params,
+        "deployed_params": deployed_params, "memory_bound_params": deployed_params,
+        "gate_params": sum(p.numel() for m in gated_modules(model) if m.gate_net is not None
+                           for p in m.gate_net.parameters()),
+        "max_macs": upper, "max_macs_ratio": round(upper / dense.macs, 4),
+        "calib_active_fraction": active, "static": pruned, "gates": gate_summary(model),
+        "train": train_report, "finetune": finetune,
+    }
+    model.eval()
+    return StepResult(model, structure_of(model), report)
+
+
+def _finetune(model, teacher, ctx, cfg: GatesConfig) -> dict:
+    """Backbone recovery with the shared distillation trainer; gate nets frozen (no MACs term there)."""
+    from ...distill import DistillConfig, recover
+    frozen = [p for m in gated_modules(model) if m.gate_net is not None for p in m.gate_net.parameters()]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        dcfg = DistillConfig(alpha=1.0, beta=0.0, tau=cfg.kd_tau, steps=cfg.finetune_steps, batch_size=cfg.batch_size,
+                             lr=cfg.finetune_lr, augment=cfg.augment, limit=cfg.calib_images, eval_at_start=False,
+                             save_every=0)
+        rep = recover(model, teacher, ctx, dcfg)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {k: rep.get(k) for k in ("steps", "seconds", "images_per_s", "first_losses", "final_losses")}
+
+
+def rebuild_gates(model, structure: dict):
+    """The gated architecture recorded in ``structure`` (weights arbitrary)."""
+    return rebuild_gated(model, structure)

@@ -1,0 +1,373 @@
+"""Gated attention and MLP: one input-adaptive decision per group of samples, dense tensors throughout.
+
+A gated module holds the (statically pruned) weights of its units in two parts::
+
+    [ static units (always run) | dynamic units (each behind one gate) ]
+
+Units are attention heads, or MLP channel groups of ``group_size`` channels. A small gate network
+scores the dynamic units from the block input pooled over tokens *and over the samples of the
+group*, so every sample of a group runs the same sub-network and the batch stays one dense tensor.
+
+Eval (deployment) forward, group = the whole batch::
+
+    pooled = mean(x, dims=(batch, tokens))        (D,)
+    scores = gate_net(pooled)                     (G,)
+    K      = max(1, count(scores > threshold))    data-dependent, 1-element
+    idx    = TopK(scores, K).indices              (K,)
+    W      = Gather(weights, static ∪ idx)         smaller matrices
+    y      = MatMul(x, W) ...
+
+which exports to ONNX as ReduceMean → MatMul → Greater → ReduceSum → Clip → TopK → Gather → MatMul.
+No NonZero, so TensorRT for RTX builds it. ``fixed_k`` replaces the data-dependent K by a constant
+(the calibrated mean) for targets that need static shapes.
+
+Training forward: the dense computation with a per-sample mask; the batch is split into groups
+(``set_group_sizes``), each group's hard decision uses a straight-through estimator (optionally
+with logistic "Gumbel-sigmoid" noise), and the module exposes its expected MACs per sample as a
+differentiable tensor for the MACs-target loss.
+
+Outputs of one sample depend on the other samples of its group (the pooled gate input), never on
+their order within the group.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...errors import VitoptError
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def subgroup_sizes(batch: int) -> list:
+    """Recursive halving of a batch: 8 -> [4, 2, 1, 1], 10 -> [5, 2, 1, 1, 1], 1 -> [1].
+
+    Every group size from batch/2 down to 1 occurs in one training batch (sub-group gate
+    augmentation); the trainer alternates it with whole-batch groups so size ``batch`` is seen too.
+    """
+    if batch < 1:
+        raise VitoptError(f"batch size must be positive, got {batch}")
+    sizes, rest = [], batch
+    while rest > 1:
+        g = rest // 2
+        sizes.append(g)
+        rest -= g
+    sizes.append(rest)
+    return sizes
+
+
+class GateNet(nn.Module):
+    """Pooled features (D,) or (groups, D) -> one logit per dynamic unit. ``hidden=0``: one Linear."""
+
+    def __init__(self, dim: int, units: int, hidden: int = 32, init_logit: float = 1.0):
+        super().__init__()
+        self.dim, self.units, self.hidden = dim, units, hidden
+        if hidden > 0:
+            self.fc1 = nn.Linear(dim, hidden)
+            self.act = nn.GELU()
+            self.fc2 = nn.Linear(hidden, units)
+            last = self.fc2
+        else:
+            self.fc = nn.Linear(dim, units)
+            last = self.fc
+        nn.init.normal_(last.weight, std=0.01)
+        nn.init.constant_(last.bias, init_logit)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        if self.hidden > 0:
+            return self.fc2(self.act(self.fc1(pooled)))
+        return self.fc(pooled)
+
+    @property
+    def last(self) -> nn.Linear:
+        return self.fc2 if self.hidden > 0 else self.fc
+
+    def keep_units(self, index: Sequence[int]) -> None:
+        """Keep only the output units ``index`` (in that order)."""
+        idx = torch.as_tensor(list(index), dtype=torch.long)
+        old = self.last
+        new = nn.Linear(old.in_features, len(idx))
+        with torch.no_grad():
+            new.weight.copy_(old.weight[idx])
+            new.bias.copy_(old.bias[idx])
+        if self.hidden > 0:
+            self.fc2 = new
+        else:
+            self.fc = new
+        self.units = len(idx)
+
+
+class _Gated(nn.Module):
+    """Shared gate logic: decisions, forced patterns, recording, training masks."""
+
+    unit_kind = "unit"
+
+    def _init_gates(self, dim: int, static_units: int, dynamic_units: int, gate_hidden: int,
+                    threshold: float, init_logit: float = 1.0) -> None:
+        if gate_hidden < 0:
+            raise VitoptError(f"gate_hidden must be >= 0, got {gate_hidden}")
+        self.static_units, self.dynamic_units = int(static_units), int(dynamic_units)
+        self.threshold = float(threshold)
+        self.gate_hidden = int(gate_hidden)
+        self.gate_net = GateNet(dim, dynamic_units, gate_hidden, init_logit) if dynamic_units else None
+        # run-time knobs (not part of the saved state; set through functions in this package)
+        self.forced: Optional[list] = None      # list[bool] per dynamic unit: bypass the gate net
+        self.fixed_k: Optional[int] = None      # constant K (static shapes) instead of the data-dependent one
+        self.group_sizes: Optional[list] = None  # training: partition of the batch into gate groups
+        self.estimator = "ste"
+        self.gumbel_tau = 1.0
+        self.record: Optional[list] = None      # when a list: each eval forward appends its on-vector
+        self.last_active: float = float(dynamic_units)
+        self.train_macs: Optional[torch.Tensor] = None
+        self.mean_active: Optional[float] = None  # calibrated mean number of active dynamic units
+
+    @property
+    def units(self) -> int:
+        return self.static_units + self.dynamic_units
+
+    def _eval_index(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Indices of the dynamic units that run for this batch (None: no dynamic units)."""
+        if not self.dynamic_units:
+            return None
+        if self.forced is not None:
+            on = [i for i, f in enumerate(self.forced) if f]
+            idx = torch.tensor(on if on else [0], dtype=torch.long, device=x.device)
+            if not _tracing():
+                self.last_active = float(len(idx))
+            return idx
+        pooled = x.mean(dim=(0, 1))
+        scores = self.gate_net(pooled)
+        if self.fixed_k is not None:
+            k = max(1, min(int(self.fixed_k), self.dynamic_units))
+            idx = torch.topk(scores, k).indices
+        else:
+            k = (scores > self.threshold).sum().clamp(min=1)
+            idx = torch.topk(scores, k).indices
+        if not _tracing():
+            self.last_active = float(idx.numel())
+            if self.record is not None:
+                on = torch.zeros(self.dynamic_units, dtype=torch.bool)
+                on[idx.cpu()] = True
+                self.record.append(on)
+        return idx
+
+    def _all_index(self, idx: Optional[torch.Tensor], device) -> torch.Tensor:
+        static = torch.arange(self.static_units, device=device)
+        if idx is None:
+            return static
+        return torch.cat([static, idx + self.static_units]) if self.static_units else idx
+
+    def _train_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, dynamic_units) per-sample mask; hard values forward, sigmoid gradient backward."""
+        B = x.shape[0]
+        sizes = self.group_sizes if self.group_sizes is not None else [B]
+        if sum(sizes) != B:
+            raise VitoptError(f"gate group sizes {sizes} do not add up to the batch {B}")
+        if self.forced is not None:
+            m = torch.tensor([float(f) for f in self.forced], device=x.device)
+            return m.expand(B, -1)
+        per_sample = x.mean(dim=1)                                     # (B, D)
+        pooled = torch.stack([g.mean(0) for g in per_sample.split(sizes)])  # (groups, D)
+        logits = self.gate_net(pooled) - self.threshold
+        if self.estimator == "gumbel":
+            u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
+            noisy = logits + torch.log(u) - torch.log1p(-u)
+            soft = torch.sigmoid(noisy / self.gumbel_tau)
+            hard = noisy > 0
+        else:
+            soft = torch.sigmoid(logits)
+            hard = logits > 0
+        # at least one dynamic unit per group, as in deployment (K >= 1)
+        none_on = ~hard.any(dim=1)
+        if none_on.any():
+            top = F.one_hot(logits.argmax(dim=1), self.dynamic_units).bool()
+            hard = hard | (top & none_on[:, None])
+        mask = hard.float() + soft - soft.detach()
+        counts = torch.as_tensor(sizes, device=x.device)
+        return mask.repeat_interleave(counts, dim=0)                    # (B, units)
+
+    def _unit_costs(self, x: torch.Tensor) -> tuple:
+        """(MACs per image of the always-run part, MACs per image of one dynamic unit)."""
+        raise NotImplementedError
+
+    def _dense_macs(self, x: torch.Tensor) -> float:
+        fixed, per_unit = self._unit_costs(x)
+        return fixed + per_unit * self.dynamic_units
+
+
+class GatedAttention(_Gated):
+    """Multi-head attention whose heads are static or gated; param names equal timm's (qkv, proj)."""
+
+    unit_kind = "head"
+
+    def __init__(self, dim: int, static_heads: int, dynamic_heads: int, head_dim: int, scale: float,
+                 qkv_bias: bool = True, proj_bias: bool = True, gate_hidden: int = 32, threshold: float = 0.0,
+                 init_logit: float = 1.0):
+        super().__init__()
+        if static_heads < 0 or dynamic_heads < 0 or static_heads + dynamic_heads < 1:
+            raise VitoptError(f"gated attention needs at least one head, got {static_heads} static + "
+                              f"{dynamic_heads} dynamic")
+        self._init_gates(dim, static_heads, dynamic_heads, gate_hidden, threshold, init_logit)
+        self.dim, self.head_dim, self.scale = dim, int(head_dim), float(scale)
+        heads = self.units
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim, bias=qkv_bias)
+        self.proj = nn.Linear(heads * head_dim, dim, bias=proj_bias)
+
+    @property
+    def num_heads(self) -> int:
+        return self.units
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        B, N, D = x.shape
+        H, hd = self.units, self.head_dim
+        if self.training and self.dynamic_units:
+            mask = torch.cat([torch.ones(B, self.static_units, device=x.device, dtype=x.dtype),
+                              self._train_mask(x).to(x.dtype)], dim=1)          # (B, H)
+            qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
+            o = o * mask[:, :, None, None]
+            o = o.transpose(1, 2).reshape(B, N, H * hd)
+            fixed, per_unit = self._unit_costs(x)
+            self.train_macs = fixed + per_unit * mask[:, self.static_units:].sum(1)
+            return F.linear(o, self.proj.weight, self.proj.bias)
+        idx = self._all_index(self._eval_index(x), x.device)
+        wqkv = self.qkv.weight.reshape(3, H, hd, D).index_select(1, idx).reshape(-1, D)
+        bqkv = None if self.qkv.bias is None else self.qkv.bias.reshape(3, H, hd).index_select(1, idx).reshape(-1)
+        qkv = F.linear(x, wqkv, bqkv).reshape(B, N, 3, -1, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
+        o = o.transpose(1, 2).reshape(B, N, -1)
+        wproj = self.proj.weight.t().reshape(H, hd, D).index_select(0, idx).reshape(-1, D)
+        out = torch.matmul(o, wproj)
+        return out if self.proj.bias is None else out + self.proj.bias
+
+    def _unit_costs(self, x):
+        N, D, hd = x.shape[1], self.dim, self.head_dim
+        per_head = 3 * N * D * hd + 2 * N * N * hd + N * hd * D
+        return per_head * self.static_units, per_head
+
+    def vitopt_macs(self, inputs, output) -> int:
+        """Executed q/k/v, attention and projection MACs for the heads that ran (batch total)."""
+        x = inputs[0]
+        fixed, per_unit = self._unit_costs(x)
+        active = self.dynamic_units if self.training else self.last_active
+        return int(round(x.shape[0] * (fixed + per_unit * active)))
+
+    def extra_repr(self) -> str:
+        return (f"static_heads={self.static_units}, dynamic_heads={self.dynamic_units}, head_dim={self.head_dim}, "
+                f"scale={self.scale:.6g}, threshold={self.threshold}")
+
+
+class GatedMlp(_Gated):
+    """fc1 -> act -> fc2 whose hidden channels are static or gated in groups; names equal timm's Mlp."""
+
+    unit_kind = "channel group"
+
+    def __init__(self, dim: int, static_channels: int, dynamic_groups: int, group_size: int,
+                 act: Optional[nn.Module] = None, bias: bool = True, gate_hidden: int = 32,
+                 threshold: float = 0.0, init_logit: float = 1.0):
+        super().__init__()
+        if group_size < 1:
+            raise VitoptError(f"group_size must be positive, got {group_size}")
+        self.dim, self.group_size, self.static_channels = dim, int(group_size), int(static_channels)
+        if static_channels < 0 or dynamic_groups < 0 or static_channels + dynamic_groups < 1:
+            raise VitoptError(f"gated MLP needs at least one channel, got {static_channels} static channels "
+                              f"+ {dynamic_groups} dynamic groups")
+        self._init_gates(dim, 0, dynamic_groups, gate_hidden, threshold, init_logit)
+        self.hidden = self.static_channels + self.dynamic_units * self.group_size
+        self.fc1 = nn.Linear(dim, self.hidden, bias=bias)
+        self.act = act if act is not None else nn.GELU()
+        self.fc2 = nn.Linear(self.hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        D, C = self.dim, self.hidden
+        if self.training and self.dynamic_units:
+            B = x.shape[0]
+            gm = self._train_mask(x).to(x.dtype)                                    # (B, groups)
+            mask = torch.cat([torch.ones(B, self.static_channels, device=x.device, dtype=x.dtype),
+                              gm.repeat_interleave(self.group_size, dim=1)], dim=1)  # (B, C)
+            h = self.act(F.linear(x, self.fc1.weight, self.fc1.bias)) * mask[:, None, :]
+            fixed, per_unit = self._unit_costs(x)
+            self.train_macs = fixed + per_unit * gm.sum(1)
+            return F.linear(h, self.fc2.weight, self.fc2.bias)
+        if not self.dynamic_units:
+            h = self.act(F.linear(x, self.fc1.weight, self.fc1.bias))
+            return F.linear(h, self.fc2.weight, self.fc2.bias)
+        idx = self._eval_index(x)
+        G, S, Cs = self.dynamic_units, self.group_size, self.static_channels
+        w1 = self.fc1.weight[Cs:].reshape(G, S, D).index_select(0, idx).reshape(-1, D)
+        w2 = self.fc2.weight.t()[Cs:].reshape(G, S, D).index_select(0, idx).reshape(-1, D)
+        b1 = None
+        if self.fc1.bias is not None:
+            b1 = self.fc1.bias[Cs:].reshape(G, S).index_select(0, idx).reshape(-1)
+        if Cs:
+            w1 = torch.cat([self.fc1.weight[:Cs], w1])
+            w2 = torch.cat([self.fc2.weight.t()[:Cs], w2])
+            b1 = None if b1 is None else torch.cat([self.fc1.bias[:Cs], b1])
+        h = self.act(F.linear(x, w1, b1))
+        out = torch.matmul(h, w2)
+        return out if self.fc2.bias is None else out + self.fc2.bias
+
+    def _unit_costs(self, x):
+        N, D = x.shape[1], self.dim
+        per_channel = 2 * N * D
+        return per_channel * self.static_channels, per_channel * self.group_size
+
+    def vitopt_macs(self, inputs, output) -> int:
+        """Executed fc1 and fc2 MACs for the channels that ran (batch total)."""
+        x = inputs[0]
+        fixed, per_unit = self._unit_costs(x)
+        active = self.dynamic_units if (self.training or not self.dynamic_units) else self.last_active
+        return int(round(x.shape[0] * (fixed + per_unit * active)))
+
+    def extra_repr(self) -> str:
+        return (f"static_channels={self.static_channels}, dynamic_groups={self.dynamic_units}, "
+                f"group_size={self.group_size}, threshold={self.threshold}")
+
+
+def gated_modules(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, _Gated)]
+
+
+def set_group_sizes(model: nn.Module, sizes: Optional[Sequence[int]]) -> None:
+    """Training: how the next batch is split into gate groups (None: the whole batch is one group)."""
+    for m in gated_modules(model):
+        m.group_sizes = None if sizes is None else [int(s) for s in sizes]
+
+
+def set_forced_gates(model: nn.Module, pattern) -> None:
+    """Bypass the gate nets: ``"on"``, ``"off"`` (K=1: the first unit runs), None (gate nets decide),
+    or a callable ``(module) -> list[bool]``."""
+    for m in gated_modules(model):
+        if not m.dynamic_units or pattern is None:
+            m.forced = None
+        elif pattern == "on":
+            m.forced = [True] * m.dynamic_units
+        elif pattern == "off":
+            m.forced = [False] * m.dynamic_units
+        elif callable(pattern):
+            m.forced = [bool(v) for v in pattern(m)]
+        else:
+            raise VitoptError(f"unknown gate pattern {pattern!r}: use 'on', 'off', None or a callable")
+
+
+def set_fixed_k(model: nn.Module, enabled: bool) -> None:
+    """Static shapes: every module runs its calibrated mean number of dynamic units (top-scored)."""
+    for m in gated_modules(model):
+        if enabled and m.dynamic_units:
+            mean = m.mean_active if m.mean_active is not None else m.dynamic_units
+            m.fixed_k = max(1, int(round(mean)))
+        else:
+            m.fixed_k = None
+
+
+def set_estimator(model: nn.Module, estimator: str, gumbel_tau: float = 1.0) -> None:
+    for m in gated_modules(model):
+        m.estimator, m.gumbel_tau = estimator, gumbel_tau
