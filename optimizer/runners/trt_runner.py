@@ -108,9 +108,10 @@ class TrtRunner(BaseRunner):
             raise VitoptError(f"{NO_GPU} (torch.cuda.is_available() is False); "
                               f"build engines here, run {self.path.name} on a machine with one")
         self.meta = engine_sidecar(self.path) or {}
-        self.builder = builder or self.meta.get("builder") or None
-        if self.builder is not None and self.builder not in BUILDERS:
-            self.builder = None
+        recorded = self.meta.get("builder")
+        if isinstance(recorded, dict):  # optimizer.engine writes {"package": ..., "version": ...}
+            recorded = recorded.get("package")
+        self.builder = builder or (recorded if recorded in BUILDERS else None)
         self.precision = str(self.meta.get("precision", "unknown"))
         self.engine = self.context = None
 

@@ -53,3 +53,6 @@ def test_sidecar_memory_parsing():
     assert sidecar_memory_bytes({"precision": "fp16"}) is None
     assert sidecar_memory_bytes({"weights_bytes": 1000, "activation_bytes": 24}) == 1024
     assert sidecar_memory_bytes({"memory": {"weights_bytes": 10, "activation_bytes": 5}}) == 15
+    # optimizer.engine's sidecar: a value the builder log lacked is None, not a number
+    assert sidecar_memory_bytes({"memory": {"weights_bytes": 10, "activation_bytes": None}}) == 10
+    assert sidecar_memory_bytes({"memory": {"weights_bytes": None, "activation_bytes": None}}) is None
