@@ -1,0 +1,23 @@
+"""ViT-Slim: learned soft-mask search, sliced into a physically smaller timm ViT.
+
+    from optimizer.methods.slim import SlimConfig
+    cm = compress(model, [SlimConfig(macs_ratio=0.7)], CompressContext(calib_dir="train/", teacher=dense))
+
+Modules: ``search`` (masked model + search loop), ``baseline`` (Taylor / magnitude importance),
+``budget`` (threshold solver, analytic MACs/params), ``slicing`` (physical slicing and rebuild),
+``recovery`` (fine-tune from the dense teacher), ``method`` (the registered ``apply``).
+"""
+from ...compress.registry import register_method
+from .budget import Geometry, plan_counts, solve_budget
+from .config import SlimConfig
+from .method import apply, importance_of, slim_from_importance
+from .recovery import logit_recover, recover_model
+from .search import SearchModel, SearchResult, search_masks
+from .slicing import rebuild, slice_model, structure_from_plan
+
+register_method("slim", SlimConfig, apply, rebuild,
+                "ViT-Slim: learned masks on heads/dims, MLP units and tokens, sliced to a smaller ViT")
+
+__all__ = ["SlimConfig", "apply", "rebuild", "slice_model", "structure_from_plan", "search_masks",
+           "SearchModel", "SearchResult", "Geometry", "plan_counts", "solve_budget", "importance_of",
+           "slim_from_importance", "recover_model", "logit_recover"]

@@ -1,0 +1,95 @@
+"""``SlimConfig``: what to search, how to rank, what budget to meet, how to recover."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ...compress.config import MethodConfig, check_positive, check_ratio
+
+IMPORTANCES = ("learned", "taylor", "magnitude")
+RANKINGS = ("global", "per_type")
+RECOVERIES = ("auto", "logit", "manifold", "none")
+
+
+@dataclass(frozen=True)
+class SlimConfig(MethodConfig):
+    """ViT-Slim: learned soft masks on attention (head, dim), MLP units and token positions.
+
+    Budget: exactly one of ``macs_ratio`` / ``params_ratio`` (of the whole model), met within
+    ``tolerance`` (relative) after widths are rounded to ``multiple``.
+    ``importance``: "learned" runs the mask search; "taylor" / "magnitude" are the search-free
+    baselines (attention and MLP units only, no token pruning).
+    ``ranking``: "global" keeps units by importance per MAC (or per parameter) across all mask
+    types; "per_type" keeps the same fraction of each mask type by mask value (the paper's rule).
+    Search defaults follow the paper (l1 weights 2e-4 / 5e-5 / 1e-4, AdamW, token z init 3) except
+    ``mask_lr``: a short search (a few hundred steps instead of 50 epochs) needs larger steps.
+    """
+
+    macs_ratio: Optional[float] = None
+    params_ratio: Optional[float] = None
+    tolerance: float = 0.02
+    multiple: int = 8
+    ranking: str = "global"
+    importance: str = "learned"
+    prune_attention: bool = True
+    prune_mlp: bool = True
+    prune_tokens: bool = True
+    # search
+    w_attn: float = 2e-4
+    w_mlp: float = 5e-5
+    w_token: float = 1e-4
+    token_init: float = 3.0
+    freeze_weights: bool = True
+    epochs: float = 1.0
+    steps: Optional[int] = None
+    batch_size: int = 32
+    lr: float = 5e-4
+    mask_lr: float = 1e-2
+    weight_decay: float = 0.0
+    tau: float = 1.0
+    checkpoint_every: int = 20
+    baseline_batches: int = 8
+    # recovery
+    recovery: str = "auto"
+    recovery_epochs: float = 1.0
+    recovery_lr: float = 1e-4
+    recovery_batch_size: int = 32
+
+    def __post_init__(self):
+        if (self.macs_ratio is None) == (self.params_ratio is None):
+            raise ValueError("give exactly one budget: macs_ratio (e.g. 0.7) or params_ratio")
+        check_ratio("macs_ratio", self.macs_ratio)
+        check_ratio("params_ratio", self.params_ratio)
+        if not (0.0 < self.tolerance < 0.5):
+            raise ValueError(f"tolerance must be in (0, 0.5), got {self.tolerance!r}")
+        if not isinstance(self.multiple, int) or self.multiple < 1:
+            raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
+        for name, value, allowed in (("ranking", self.ranking, RANKINGS), ("importance", self.importance, IMPORTANCES),
+                                     ("recovery", self.recovery, RECOVERIES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not (self.prune_attention or self.prune_mlp or self.prune_tokens):
+            raise ValueError("nothing to prune: enable at least one of prune_attention, prune_mlp, prune_tokens")
+        for name in ("w_attn", "w_mlp", "w_token", "weight_decay"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+        for name in ("lr", "mask_lr", "tau", "token_init", "recovery_lr", "epochs"):
+            check_positive(name, getattr(self, name))
+        check_positive("recovery_epochs", self.recovery_epochs, allow_zero=True)
+        for name in ("batch_size", "checkpoint_every", "baseline_batches", "recovery_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+
+    @property
+    def budget(self) -> tuple:
+        """("macs" | "params", ratio)."""
+        return ("macs", self.macs_ratio) if self.macs_ratio is not None else ("params", self.params_ratio)
+
+    @property
+    def search_key(self) -> dict:
+        """The fields a mask search depends on: searches with equal keys are interchangeable."""
+        keys = ("prune_attention", "prune_mlp", "prune_tokens", "w_attn", "w_mlp", "w_token", "token_init",
+                "freeze_weights", "epochs", "steps", "batch_size", "lr", "mask_lr", "weight_decay", "tau")
+        return {k: getattr(self, k) for k in keys}
