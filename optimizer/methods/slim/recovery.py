@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -17,7 +19,7 @@ from .search import TeacherCache, kd_loss
 
 def _distill_api():
     try:
-        from ...distill import DistillConfig, recover  # noqa: F401
+        from ...distill import DistillConfig, recover
     except ImportError:
         return None
     return DistillConfig, recover
@@ -32,8 +34,11 @@ def recover_model(student, teacher, ctx, cfg) -> dict:
         raise VitoptError("recovery=manifold needs optimizer.distill, which this build lacks (use recovery=logit)")
     if cfg.recovery == "manifold" or (cfg.recovery == "auto" and api is not None):
         DistillConfig, recover = api
-        dcfg = DistillConfig(epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.recovery_batch_size)
-        report = dict(recover(student, teacher, ctx, dcfg) or {})
+        dcfg = DistillConfig(epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.recovery_batch_size,
+                             tau=cfg.tau, eval_at_start=False)
+        # its resumable checkpoints live beside (not on top of) the search's
+        sub = replace(ctx, work_dir=str(Path(ctx.work_dir) / "slim_recovery")) if ctx.work_dir else ctx
+        report = dict(recover(student, teacher, sub, dcfg) or {})
         report["recovery"] = "manifold"
         return report
     return logit_recover(student, teacher, ctx, epochs=cfg.recovery_epochs, lr=cfg.recovery_lr,
@@ -52,7 +57,6 @@ def logit_recover(student, teacher, ctx, epochs: float = 1.0, lr: float = 1e-4, 
     no_decay = [p for n, p in student.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    from dataclasses import replace
     per_epoch = len(ctx.calib_loader(student, batch_size, shuffle=True))
     total = max(1, int(math.ceil(epochs * per_epoch)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
@@ -73,10 +77,10 @@ def logit_recover(student, teacher, ctx, epochs: float = 1.0, lr: float = 1e-4, 
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
-            bar.set_postfix(kd=f"{float(loss):.4f}")
+            bar.set_postfix(kd=f"{float(loss.detach()):.4f}")
         epoch += 1
     bar.close()
     student.eval()

@@ -319,10 +319,10 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
                     if g is not None:
                         p.grad = g if p.grad is None else p.grad + g
             opt.step()
-            losses.append(float(task))
+            losses.append(float(task.detach()))
             step += 1
             bar.update(1)
-            bar.set_postfix(kd=f"{float(task):.4f}", l1=f"{float(pen):.3f}")
+            bar.set_postfix(kd=f"{float(task.detach()):.4f}", l1=f"{float(pen.detach()):.3f}")
             if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total):
                 _save_checkpoint(ckpt, sm, opt, meter, step, key, t_spent + time.perf_counter() - t0)
     bar.close()

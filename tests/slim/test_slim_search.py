@@ -1,0 +1,86 @@
+"""The mask search on a tiny ViT: masks move, resume is exact, apply() meets the budget and round-trips."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from optimizer.compress import CompressContext, compress, load_compressed, save_compressed
+from optimizer.counting import count_macs
+from optimizer.methods.slim import SearchModel, SlimConfig, search_masks
+from optimizer.methods.slim import search as search_mod
+from tests.conftest import tiny_vit
+
+KW = dict(depth=3, embed_dim=64, num_heads=4, img_size=32, patch_size=8, num_classes=10)
+
+
+def ctx_for(folder, **kw):
+    return CompressContext(calib_dir=str(folder), workers=0, log=lambda s: None, **kw)
+
+
+def test_search_model_with_unit_masks_equals_the_dense_model():
+    model = tiny_vit(**KW)
+    sm = SearchModel(copy.deepcopy(model), token_init=50.0).eval()   # gates = 1 exactly
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(sm(x), model(x), atol=1e-5)
+
+
+def test_search_moves_masks_and_keeps_weights_frozen(image_folder):
+    model = tiny_vit(**KW)
+    teacher = copy.deepcopy(model)
+    qkv_before = model.blocks[0].attn.qkv.weight.clone()
+    cfg = SlimConfig(macs_ratio=0.6, steps=3, batch_size=2)
+    res = search_masks(model, cfg, ctx_for(image_folder), teacher)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, qkv_before)          # frozen
+    assert not torch.equal(res.attn_mask[0], torch.ones_like(res.attn_mask[0]))
+    assert res.token_gate.shape == (3, 17) and torch.all(res.token_gate[:, 0] == 1)
+    assert torch.all(res.token_gate[1:] <= res.token_gate[:-1] + 1e-7)        # monotone over depth
+    assert res.report["steps"] == 3
+
+
+def test_interrupted_search_resumes_exactly(image_folder, tmp_path, monkeypatch):
+    cfg = SlimConfig(macs_ratio=0.6, steps=4, batch_size=2, checkpoint_every=1)
+    base = tiny_vit(**KW)
+    ref = search_masks(copy.deepcopy(base), cfg, ctx_for(image_folder), copy.deepcopy(base))
+
+    calls = {"n": 0}
+    real = search_mod.kd_loss
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    work = tmp_path / "work"
+    monkeypatch.setattr(search_mod, "kd_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        search_masks(copy.deepcopy(base), cfg, ctx_for(image_folder, work_dir=str(work)), copy.deepcopy(base))
+    monkeypatch.setattr(search_mod, "kd_loss", real)
+    logs = []
+    ctx = CompressContext(calib_dir=str(image_folder), workers=0, work_dir=str(work), log=logs.append)
+    res = search_masks(copy.deepcopy(base), cfg, ctx, copy.deepcopy(base))
+    assert any("resuming the mask search at step 2/4" in line for line in logs)
+    for a, b in zip(res.attn_mask + res.mlp_mask, ref.attn_mask + ref.mlp_mask):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(res.token_gate, ref.token_gate, atol=1e-6)
+
+
+@pytest.mark.parametrize("importance", ["learned", "taylor", "magnitude"])
+def test_apply_meets_budget_and_restores(image_folder, tmp_path, importance):
+    model = tiny_vit(**KW)
+    dense_macs = count_macs(model).macs
+    cfg = SlimConfig(macs_ratio=0.6, steps=2, batch_size=2, importance=importance, baseline_batches=2,
+                     recovery="logit", recovery_epochs=1, recovery_batch_size=2)
+    cm = compress(model, [cfg], ctx_for(image_folder, teacher=copy.deepcopy(model)),
+                  arch="vit_tiny_patch16_224", model_kwargs=KW)
+    ratio = count_macs(cm.model).macs / dense_macs
+    assert abs(ratio - 0.6) <= 0.02 * 0.6
+    assert cm.steps[0]["report"]["recovery"]["recovery"] == "logit"
+    save_compressed(tmp_path / "out", cm)
+    loaded = load_compressed(tmp_path / "out").model
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), cm.model(x))
