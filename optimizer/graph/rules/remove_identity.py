@@ -1,7 +1,7 @@
 """Drop Identity nodes (the legacy exporter emits them for aliased weights and outputs)."""
 from __future__ import annotations
 
-from .base import Rule, detach, register_rule, replace_tensor
+from .base import Rule, detach, producer, register_rule, replace_tensor
 
 
 @register_rule
@@ -21,11 +21,11 @@ class RemoveIdentity(Rule):
     def match(self, node, graph):
         if node.op != "Identity" or len(node.inputs) != 1 or len(node.outputs) != 1:
             return None
+        src, out = node.inputs[0], node.outputs[0]
+        if out in graph.outputs and (src in graph.outputs or src in graph.inputs or producer(src) is None):
+            return None  # the Identity is what gives this graph output its own name
         return node
 
     def rewrite(self, graph, node) -> None:
-        src, out = node.inputs[0], node.outputs[0]
-        if src in graph.outputs and out in graph.outputs:
-            return  # two outputs aliasing one tensor: the Identity is what keeps both names
-        if replace_tensor(graph, out, src):
+        if replace_tensor(graph, node.outputs[0], node.inputs[0]):
             detach(node)

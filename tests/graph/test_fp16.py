@@ -1,0 +1,93 @@
+"""convert_to_fp16: runs in ORT, close to fp32, fp32 I/O and fp32 LayerNorm/Softmax."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optimizer.errors import VitoptError
+from optimizer.export import compare_outputs, get_metadata
+from optimizer.graph import cleanup_graph, convert_to_fp16, op_histogram
+from optimizer.graph.cleanup import infer_shapes
+from tests.export.models import TOLERANCES, run_ort
+from tests.graph.graphs import exported_tiny
+
+
+def _types(proto):
+    """tensor name -> elem_type for every typed value in the (shape-inferred) graph."""
+    p = infer_shapes(proto)
+    out = {v.name: v.type.tensor_type.elem_type for v in list(p.graph.value_info) + list(p.graph.input)
+           + list(p.graph.output)}
+    out.update({i.name: i.data_type for i in p.graph.initializer})
+    return out, p
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_fp16_close_to_fp32_with_fp32_io(tmp_path, dynamo):
+    from onnx import TensorProto
+    _, proto = exported_tiny(tmp_path, dynamo=dynamo, depth=2)
+    proto, _ = cleanup_graph(proto)
+    f16 = convert_to_fp16(proto)
+    assert [i.type.tensor_type.elem_type for i in f16.graph.input] == [TensorProto.FLOAT]
+    assert [o.type.tensor_type.elem_type for o in f16.graph.output] == [TensorProto.FLOAT]
+    assert [o.name for o in f16.graph.output] == [o.name for o in proto.graph.output]
+    types, inferred = _types(f16)
+    # normalisations and softmax compute in fp32: every float input and output of them is FLOAT
+    for n in inferred.graph.node:
+        if n.op_type in ("LayerNormalization", "Softmax"):
+            assert all(types[t] == TensorProto.FLOAT for t in list(n.input) + list(n.output) if t), n.name
+        if n.op_type in ("MatMul", "Gemm", "Conv"):
+            assert all(types[t] == TensorProto.FLOAT16 for t in n.input if t), n.name
+    big = [i for i in f16.graph.initializer if len(i.dims) >= 2]
+    assert big and all(i.data_type == TensorProto.FLOAT16 for i in big)
+    assert f16.ByteSize() < 0.65 * proto.ByteSize()
+    assert get_metadata(f16)["vitopt.precision"] == "fp16"
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    ref, got = run_ort(proto, x), run_ort(f16, x)
+    assert got.dtype == np.float32
+    res = compare_outputs(ref, got, atol=float("inf"))
+    assert res.cosine > TOLERANCES["fp16_min_cosine"]
+    assert res.top1_agreement >= TOLERANCES["fp16_min_top1_agreement"]
+    assert 0 < res.max_abs_diff < 0.05  # really fp16 (not a no-op), and not broken
+
+
+def test_fp16_without_io_casts(tmp_path):
+    from onnx import TensorProto
+    _, proto = exported_tiny(tmp_path, depth=2)
+    f16 = convert_to_fp16(proto, keep_io_types=False)
+    assert f16.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert f16.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float16)
+    out = run_ort(f16, x)
+    assert out.dtype == np.float16
+    ref = run_ort(proto, x.astype(np.float32))
+    assert compare_outputs(ref, out, atol=float("inf")).cosine > TOLERANCES["fp16_min_cosine"]
+
+
+def test_fp16_refuses_twice_and_integer_graphs(tmp_path):
+    from onnx import TensorProto, helper
+    _, proto = exported_tiny(tmp_path, depth=1)
+    f16 = convert_to_fp16(proto)
+    with pytest.raises(VitoptError, match="already converted"):
+        convert_to_fp16(f16)
+    g = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.INT32, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT32, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(VitoptError, match="no float32 tensors"):
+        convert_to_fp16(m)
+
+
+def test_fp16_shared_initializer_gets_both_precisions():
+    """One weight read by a LayerNorm (fp32) and a MatMul-side Add (fp16) must exist in both types."""
+    from onnx import TensorProto, helper
+    from tests.graph.graphs import const, f32, make_model
+    w = np.linspace(0.5, 1.5, 4).astype(np.float32)
+    nodes = [helper.make_node("LayerNormalization", ["x", "w", "w"], ["a"], axis=-1),
+             helper.make_node("Add", ["a", "w"], ["y"])]
+    m = make_model(nodes, [f32("x", [2, 4])], [f32("y", [2, 4])], [const("w", w)])
+    f16 = convert_to_fp16(m)
+    types = {i.name: i.data_type for i in f16.graph.initializer}
+    assert sorted(types.values()) == sorted([TensorProto.FLOAT, TensorProto.FLOAT16])
+    assert op_histogram(f16) == {"Cast": 2, "LayerNormalization": 1, "Add": 1}
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(f16, x), run_ort(m, x), atol=5e-3)
