@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", default=os.environ.get("VITOPT_CHECKPOINT") or None,
                    help="weights for a timm model name (default: $VITOPT_CHECKPOINT; none: random weights, "
                         "fine for latency)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="with two or more backends, also time them round-robin in one run (10 rounds) and "
+                        "report speedups vs the first backend")
     p.add_argument("--json", metavar="PATH", help="write the rows (with environments) as JSON")
     p.add_argument("--markdown", metavar="PATH", help="write the Markdown table")
     p.set_defaults(func=run)
@@ -177,7 +180,7 @@ def _trt_runner(kind, target, onnx_path, fp16, tmp: Path, batches):
 
 
 def run(args) -> int:
-    from ..bench import benchmark, rows_to_dict, to_markdown
+    from ..bench import benchmark, interleaved_latency, interleaved_to_markdown, rows_to_dict, to_markdown
     from ..fileio import write_json, write_text
     from ..runners import OrtRunner, TorchRunner, gpu_available
 
@@ -187,7 +190,7 @@ def run(args) -> int:
         from ..models.loading import load_model
         loaded = load_model(args.target, args.checkpoint)
         print(f"model: {loaded.describe()}", file=sys.stderr)
-    rows, skipped, notes = [], [], []
+    rows, skipped, notes, runners, inter = [], [], [], {}, None
     with tempfile.TemporaryDirectory(prefix="vitopt-bench-") as td:
         tmp = Path(td)
         onnx_path = args.target if kind == "onnx" else None
@@ -211,16 +214,25 @@ def run(args) -> int:
             print(f"{backend}: batch {','.join(map(str, batches))}, warmup {warmup}, "
                   f">= {iters} iterations and >= {min_time:g} s per batch size", file=sys.stderr)
             rows += benchmark(runner, batches, warmup=warmup, iters=iters, min_time_s=min_time)
+            runners[backend] = runner
+        if args.interleaved and len(runners) >= 2:
+            per_round = max(1, -(-iters // 10))
+            print(f"interleaved: {', '.join(runners)}, 10 rounds x {per_round} iterations each", file=sys.stderr)
+            inter = interleaved_latency(runners, batches, rounds=10, iters_per_round=per_round, warmup=warmup)
+        elif args.interleaved:
+            print("interleaved: skipped, needs two backends that ran", file=sys.stderr)
     if not rows:
         raise VitoptError("nothing was benchmarked: every requested backend was skipped")
     md = to_markdown(rows, title=f"vitopt bench {args.target}")
+    if inter is not None:
+        md += "\n" + interleaved_to_markdown(inter, title="interleaved (same run)")
     print(md, end="")
     out = rows_to_dict(rows)
     out.update({"target": args.target, "model": loaded.to_dict() if loaded else None, "skipped": skipped,
                 "notes": notes, "settings": {"batch_sizes": batches, "warmup": warmup, "iters": iters,
                                              "min_time_s": min_time, "threads": threads,
                                              "ort_allow_spinning": args.spinning, "fp16": args.fp16,
-                                             "device": args.device}})
+                                             "device": args.device}, "interleaved": inter})
     if args.json:
         write_json(args.json, out)
     if args.markdown:

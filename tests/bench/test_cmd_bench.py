@@ -14,7 +14,8 @@ SKIP_LINE = "tensorrt: skipped, engine cannot run here (no NVIDIA GPU)"
 
 
 def _table_batches(stdout, backend):
-    return [ln.split("|")[4].strip() for ln in stdout.splitlines() if ln.startswith(f"| {backend} |")]
+    """Batch column of the main table's rows for ``backend`` (runner name == backend in vitopt bench)."""
+    return [ln.split("|")[4].strip() for ln in stdout.splitlines() if ln.startswith(f"| {backend} | {backend} |")]
 
 
 def test_bench_onnx_with_trt_skip(tiny_onnx, tmp_path, capsys):
@@ -47,11 +48,17 @@ def test_bench_model_dir_torch_and_exported_ort(tmp_path, capsys):
                                                "arch": "vit_tiny_patch16_224", "model_kwargs": kw,
                                                "base_weights": "random", "steps": [], "reports": []}))
     save_file({k: v.contiguous() for k, v in tiny_vit().state_dict().items()}, str(d / "model.safetensors"))
-    rc = main(["bench", str(d), "--backend", "torch,onnxruntime", "--batch", "2"] + FAST)
+    js = tmp_path / "r.json"
+    rc = main(["bench", str(d), "--backend", "torch,onnxruntime", "--batch", "2", "--interleaved",
+               "--json", str(js)] + FAST)
     cap = capsys.readouterr()
     assert rc == 0
     assert _table_batches(cap.out, "torch") == ["2"] and _table_batches(cap.out, "onnxruntime") == ["2"]
     assert "exporting vit_tiny_patch16_224 to a temporary ONNX file" in cap.err
+    inter = json.loads(js.read_text())["interleaved"]
+    assert inter["reference"] == "torch" and [r["name"] for r in inter["rows"]] == ["torch", "onnxruntime"]
+    assert inter["rows"][0]["speedup"] == 1.0 and all(r["iters"] == 10 for r in inter["rows"])
+    assert "speedup vs torch" in cap.out
 
 
 @pytest.mark.parametrize("argv, message", [
