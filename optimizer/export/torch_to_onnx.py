@@ -69,10 +69,13 @@ def input_shape_of(model, batch: int = 1) -> tuple:
 def _export_dynamo(model, x, opset, input_name, output_name):
     import torch
     batch = torch.export.Dim(BATCH_DIM, min=1, max=65536)
-    prog = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=opset,
-                             input_names=[input_name], output_names=[output_name],
-                             dynamic_shapes=({0: batch},), external_data=False, optimize=True,
-                             verbose=False, report=False)
+    with warnings.catch_warnings():
+        # torch's own pytree deprecation notices (FutureWarning) say nothing about the model
+        warnings.simplefilter("ignore", FutureWarning)
+        prog = torch.onnx.export(model, (x,), None, dynamo=True, opset_version=opset,
+                                 input_names=[input_name], output_names=[output_name],
+                                 dynamic_shapes=({0: batch},), external_data=False, optimize=True,
+                                 verbose=False, report=False)
     # the in-memory proto carries all initialisers; nothing is written to disk here, so no
     # external-data side files can appear beside the output
     return prog.model_proto

@@ -9,8 +9,8 @@ Where things are:
 """
 from .cleanup import CleanupReport, cleanup_graph, fold_constants, format_histograms, infer_shapes, op_histogram
 from .fp16 import FP32_OPS, convert_to_fp16
-from .rules import DEFAULT_RULES, Rule, apply_rules, get_rule, list_rules, register_rule
+from .rules import DEFAULT_RULES, Rule, apply_rules, default_rules, get_rule, list_rules, register_rule
 
 __all__ = ["cleanup_graph", "CleanupReport", "op_histogram", "format_histograms", "fold_constants",
            "infer_shapes", "convert_to_fp16", "FP32_OPS", "Rule", "register_rule", "apply_rules", "get_rule",
-           "list_rules", "DEFAULT_RULES"]
+           "list_rules", "DEFAULT_RULES", "default_rules"]

@@ -104,7 +104,7 @@ def cleanup_graph(model_proto, rules: Optional[Iterable] = None, fold: bool = Tr
 
     Args:
         model_proto: an ``onnx.ModelProto`` (not modified).
-        rules: rule names/classes/instances to apply (default ``rules.DEFAULT_RULES``); ``()`` for none.
+        rules: rule names/classes/instances to apply (default ``rules.default_rules()``); ``()`` for none.
         fold: fold constants (incl. static shape arithmetic) before and after the rules.
 
     Returns:
@@ -113,7 +113,7 @@ def cleanup_graph(model_proto, rules: Optional[Iterable] = None, fold: bool = Tr
 
     Example: ``proto, rep = cleanup_graph(onnx.load("m.onnx")); print(rep)``
     """
-    from .rules import DEFAULT_RULES, apply_rules
+    from .rules import apply_rules, default_rules
     t0 = time.perf_counter()
     before = op_histogram(model_proto)
     inferred = infer_shapes(model_proto)
@@ -121,7 +121,7 @@ def cleanup_graph(model_proto, rules: Optional[Iterable] = None, fold: bool = Tr
     counts = apply_rules(graph, ["remove_identity"])
     if fold:
         fold_constants(graph)
-    counts_more = apply_rules(graph, DEFAULT_RULES if rules is None else rules)
+    counts_more = apply_rules(graph, default_rules() if rules is None else rules)
     for k, v in counts_more.items():
         counts[k] = counts.get(k, 0) + v
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
