@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -44,6 +44,7 @@ class BenchRow:
     device: str = "cpu"
     peak_mem_mb: Optional[float] = None   # see mem_source for what it measures
     mem_source: str = ""
+    load_avg_1m: Optional[float] = None   # right after timing: > usable cores means the run was contended
     env: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -51,7 +52,9 @@ class BenchRow:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BenchRow":
-        return cls(**d)
+        """Rebuild a row; keys added by newer versions are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _check_batches(batch_sizes) -> List[int]:
@@ -102,6 +105,14 @@ def _timed_loop(runner, batch: int, iters: int, min_time_s: float) -> List[float
     while len(times) < iters or time.perf_counter() < t_end:
         times.append(runner.infer_timed(batch))
     return times
+
+
+def _load_avg() -> Optional[float]:
+    import os
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _memory(runner, reading, rss_start: int):
@@ -156,10 +167,12 @@ def benchmark(runner, batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 10,
                 with _gc_paused():
                     times = _timed_loop(runner, b, iters, min_time_s)
             st = _stats(times)
+            load = _load_avg()
             mem, src = _memory(runner, pm.reading, rss_start)
             rows.append(BenchRow(name=runner.name, backend=runner.backend, precision=runner.precision, batch=b,
                                  throughput_ips=b * 1000.0 / st["p50_ms"], iters=len(times), warmup=warmup,
-                                 device=runner.device, peak_mem_mb=mem, mem_source=src, env=env, **st))
+                                 device=runner.device, peak_mem_mb=mem, mem_source=src, load_avg_1m=load,
+                                 env=env, **st))
     return rows
 
 
