@@ -3,7 +3,9 @@
 A strongly typed builder takes every tensor's type from the ONNX file, so precision is decided
 here, explicitly: all float32 weights and compute become float16 except the ops in ``FP32_OPS``
 (LayerNormalization, Softmax and the reductions/power/sqrt a decomposed normalisation is made
-of), which keep float32 weights and get ``Cast`` nodes on their float inputs and outputs. With
+of) and the elementwise ops downstream of those reductions (the rest of a decomposed LayerNorm:
+centring, eps, division, affine), which keep float32 weights and get ``Cast`` nodes on their
+float inputs and outputs. With
 ``keep_io_types=True`` graph inputs and outputs stay float32 and Casts are inserted at the
 boundary, so callers feed and read the same arrays as for the fp32 model.
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..errors import VitoptError
 
-# ops computed in fp32: normalisations and the reductions feeding them when decomposed
+# ops computed in fp32: normalisations and the reductions of a decomposed normalisation
 FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax", "GroupNormalization", "InstanceNormalization",
     "RMSNormalization", "SkipLayerNormalization",
@@ -26,6 +28,27 @@ FP32_OPS = frozenset({
 })
 
 _FP16_MAX = float(np.finfo(np.float16).max)
+
+# a decomposed normalisation: elementwise ops fed by these stay fp32 (transitively), so
+# mean/variance/eps/rsqrt and the affine part are all computed in fp32 up to the next MatMul
+_REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt"})
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Neg", "Abs", "Max", "Min"})
+
+
+def _fp32_nodes(nodes, keep32) -> set:
+    """ids of nodes computed in fp32: ``keep32`` ops plus elementwise ops downstream of reductions."""
+    fp32, spread = set(), set()
+    for node in nodes:  # topological order
+        if node.op in keep32:
+            fp32.add(id(node))
+            if node.op in _REDUCTIONS:
+                spread.add(id(node))
+        elif node.op in _ELEMENTWISE:
+            srcs = [t.inputs[0] for t in node.inputs if len(t.inputs) == 1]
+            if any(id(p) in spread for p in srcs):
+                fp32.add(id(node))
+                spread.add(id(node))
+    return fp32
 
 
 def _is_f32(dtype) -> bool:
@@ -99,10 +122,9 @@ def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[
                 t.dtype = np.float16
     # decide each node's precision and retype its outputs
     converted = 0
+    fp32_ids = _fp32_nodes(graph.nodes, keep32)
     for node in list(graph.nodes):
-        if node in casts.values():
-            continue
-        fp32 = node.op in keep32
+        fp32 = id(node) in fp32_ids
         want = np.float32 if fp32 else np.float16
         if node.op == "Cast":
             # Cast to float keeps the network's precision: to=FLOAT becomes FLOAT16 in fp16 regions

@@ -91,3 +91,29 @@ def test_fp16_shared_initializer_gets_both_precisions():
     assert op_histogram(f16) == {"Cast": 2, "LayerNormalization": 1, "Add": 1}
     x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
     np.testing.assert_allclose(run_ort(f16, x), run_ort(m, x), atol=5e-3)
+
+
+def test_fp16_keeps_a_decomposed_layernorm_in_fp32(tmp_path):
+    """opset 16 has no LayerNormalization op: the exporter decomposes it; the whole chain stays fp32."""
+    from onnx import TensorProto
+    import onnx
+    from optimizer.export import onnx_from_torch
+    from tests.conftest import tiny_vit
+    model = tiny_vit(depth=2)
+    path = tmp_path / "op16.onnx"
+    onnx_from_torch(model, path, dynamo=False, opset=16)
+    proto, _ = cleanup_graph(onnx.load(str(path)))
+    hist = op_histogram(proto)
+    assert "LayerNormalization" not in hist and hist["ReduceMean"] == 2 * 5  # 5 norms, mean + variance
+    f16 = convert_to_fp16(proto)
+    types, inferred = _types(f16)
+    for n in inferred.graph.node:
+        if n.op_type in ("ReduceMean", "Sqrt", "Pow"):
+            assert all(types[t] == TensorProto.FLOAT for t in list(n.input)[:1] + list(n.output)), n.name
+    # the eps Add sits between the variance ReduceMean and Sqrt: fp32 as well
+    producers = {o: n for n in inferred.graph.node for o in n.output}
+    sqrt_inputs = [producers[n.input[0]] for n in inferred.graph.node if n.op_type == "Sqrt"]
+    assert sqrt_inputs and all(p.op_type == "Add" and types[p.output[0]] == TensorProto.FLOAT for p in sqrt_inputs)
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    res = compare_outputs(run_ort(proto, x), run_ort(f16, x), atol=float("inf"))
+    assert res.cosine > TOLERANCES["fp16_min_cosine"]
