@@ -167,7 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--val", default=str(SHARED / "data" / "imagenet-mini" / "val"))
     ap.add_argument("--students", default="slim,lowrank")
     ap.add_argument("--arms", default="none,logit,manifold")
-    ap.add_argument("--source", default="auto", choices=["auto", "methods", "standin"])
+    ap.add_argument("--source", default="auto",
+                    help="auto | methods | standin, for all students or per student: slim=methods,lowrank=standin")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -197,19 +198,28 @@ def main(argv=None) -> int:
               "students": {}}
     out = Path(args.out)
 
+    sources = {}
+    for part in args.source.split(","):
+        k, _, v = part.rpartition("=")
+        for n in ([k] if k else args.students.split(",")):
+            sources[n] = v
+    if any(v not in ("auto", "methods", "standin") for v in sources.values()):
+        raise SystemExit(f"--source: expected auto, methods or standin, got {args.source}")
+
     for name in [s for s in args.students.split(",") if s]:
         t = time.perf_counter()
+        source = sources.get(name, "auto")
         built = None
         if name == "slim":
-            if args.source != "standin":
+            if source != "standin":
                 built = method_student("slim", {"macs_ratio": 0.6, "importance": "magnitude",
                                                 "recovery": "none"}, teacher, ctx)
-            built = built or (None if args.source == "methods" else slim_standin(teacher, 0.6))
+            built = built or (None if source == "methods" else slim_standin(teacher, 0.6))
         elif name == "lowrank":
-            if args.source != "standin":
+            if source != "standin":
                 built = method_student("lowrank", {"params_ratio": 0.5, "finetune_epochs": 0.0,
                                                    "calib_images": 128}, teacher, ctx)
-            built = built or (None if args.source == "methods" else lowrank_standin(teacher, 0.5))
+            built = built or (None if source == "methods" else lowrank_standin(teacher, 0.5))
         else:
             raise SystemExit(f"unknown student {name}")
         if built is None:

@@ -119,6 +119,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
 
     Args:
         student: the compressed model; trained in place (left in eval mode, EMA weights if enabled).
+            Parameters with requires_grad=False stay fixed, unless all are (then all train).
         teacher: the dense original; None only when ``cfg.alpha == cfg.beta == 0`` (plain CE).
         ctx: ``CompressContext`` (calib_dir, device, workers, seed, work_dir, log, synsets).
         cfg: ``DistillConfig`` (default: official manifold-distillation weights, one epoch).
@@ -169,10 +170,12 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     base_lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * world / 512
 
     student.to(device).train()
+    if not any(p.requires_grad for p in student.parameters()):
+        # a copy of a frozen teacher: train everything (a partial freeze is respected as given)
+        say("distill: every student parameter was frozen; training all of them")
+        student.requires_grad_(True)
     groups = param_groups(student, cfg.weight_decay)
     params = [p for g in groups for p in g["params"]]
-    if not params:
-        raise VitoptError("the student has no trainable parameters")
     opt = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
