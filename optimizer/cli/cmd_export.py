@@ -41,12 +41,15 @@ def _parity_inputs(model, data_dir, n: int):
     if data_dir:
         if not os.path.isdir(data_dir):
             raise VitoptError(f"parity data directory not found: {data_dir}")
-        from ..data import build_loader
-        loader = build_loader(data_dir, model, batch_size=n, labeled=False, workers=0, limit=n)
-        batch = next(iter(loader))
-        if batch.images.numel() == 0:
+        from ..data.folder import ImageFolderData, eval_transform
+        ds = ImageFolderData(data_dir, eval_transform(model), labeled=False)
+        # spread over the folder (sorted by class) rather than the first class only
+        picks = sorted({round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(min(n, len(ds)))})
+        items = [ds[i] for i in picks]
+        imgs = [it[0] for it in items if it[0] is not None]
+        if not imgs:
             raise VitoptError(f"no readable images in {data_dir} for the parity check")
-        return batch.images, f"{batch.images.shape[0]} images from {data_dir}"
+        return torch.stack(imgs), f"{len(imgs)} images from {data_dir}"
     g = torch.Generator().manual_seed(0)
     shape = input_shape_of(model, n)
     return torch.randn(*shape, generator=g), f"{n} random inputs (no --parity-data or $VITOPT_DATA given)"

@@ -76,3 +76,21 @@ def test_export_cli_missing_checkpoint(tmp_path, capsys):
     line = _one_error_line(capsys.readouterr().err, "export")
     assert rc == 2 and "checkpoint not found" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_cli_parity_on_image_folder(tmp_path, image_folder, capsys, monkeypatch):
+    from optimizer.models.loading import LoadedModel
+    import optimizer.cli.cmd_export as cmd
+    model = tiny_vit(depth=1)
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 32, 32))  # timm keeps 224 otherwise
+    monkeypatch.setattr(cmd, "load_model_from_args", lambda args: LoadedModel(model, "vit_tiny_patch16_224", "random"))
+    monkeypatch.setenv("VITOPT_DATA", str(image_folder))  # the default of --parity-data
+    js = tmp_path / "r.json"
+    rc = main(["export", "--model", "vit_tiny_patch16_224", "-o", str(tmp_path / "m.onnx"), "--json", str(js),
+               "--parity-images", "7"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    # 7 files, one of them not an image: the parity check runs on the 6 readable ones
+    assert f"6 images from {image_folder}" in out
+    r = json.loads(js.read_text())
+    assert r["parity_export"]["batch"] == 6 and r["parity_export"]["passed"]

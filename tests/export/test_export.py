@@ -113,7 +113,7 @@ def test_bad_arguments_and_unwritable_output(tmp_path):
     try:
         import os
         if os.access(ro, os.W_OK):
-            pytest.skip("running as a user who can write to read-only directories (root)")
+            pytest.skip("running as root, who can write to read-only directories; run as a normal user to exercise it")
         with pytest.raises(VitoptError, match="not writable"):
             onnx_from_torch(model, ro / "a.onnx")
         assert list(ro.iterdir()) == []
