@@ -1,0 +1,239 @@
+"""``factorize_linears``: calibrate, allocate ranks, fit each layer, and the registered ``apply``.
+
+Order of work:
+1. one dense pass over the calibration images: input Gram XᵀX of every candidate Linear
+   (and the input of the first block, for sequential calibration);
+2. per layer, the singular values of W·L give its error at every rank; the budget is split
+   greedily across layers (``allocate.allocate_ranks``);
+3. per layer, in execution order: activation-aware SVD at the allocated rank, then the
+   error-compensation term. With ``sequential`` (default) block i is calibrated on the outputs
+   of the already-factorised blocks 0..i-1 (and a layer on its own block's factorised earlier
+   layers), with the dense model's outputs as the target; otherwise all layers use the dense
+   activations of step 1 (one pass, "independent").
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from ...compress.registry import StepResult
+from ...counting import count_macs, count_params
+from ...errors import VitoptError
+from .allocate import DENSE, LayerCost, allocate_ranks
+from .calibrate import dense_pass, pair_grams, run_block
+from .compensate import closed_form, compensate_adam, unwhiten, whitened_target
+from .config import LowRankConfig
+from .module import LowRankLinear, lowrank_structure, merge_for_export, set_submodule
+from .svd import Whitening, output_error, tail_energy, whitened_svd, whitening
+
+
+class _Tail(nn.Module):
+    """What follows the blocks of a timm ViT (final norm, pooling, head), for calibrating the head."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x):
+        return self.m.forward_head(self.m.norm(x))
+
+
+def candidate_paths(model: nn.Module, cfg: LowRankConfig) -> list:
+    """Paths of the Linears this config may factorise, in execution order."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise VitoptError(f"{type(model).__name__} has no .blocks: lowrank supports timm ViT-style models")
+    paths = []
+    for i, blk in enumerate(blocks):
+        for name, m in blk.named_modules():
+            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in cfg.layers:
+                paths.append(f"blocks.{i}.{name}")
+    if cfg.include_head:
+        head = getattr(model, "head", None)
+        if isinstance(head, nn.Linear) and head.out_features > 0:
+            paths.append("head")
+    if not paths:
+        raise VitoptError("no Linear layers to factorise (already factorised, or none of the chosen kinds)")
+    return paths
+
+
+def _layer_costs(model, paths, dense, cfg) -> tuple:
+    """(LayerCost list, fixed cost, total cost) in the budget's unit; errors from the fitting Grams."""
+    per_module = count_macs(model).per_module if cfg.budget_kind == "macs" else None
+    total = count_params(model) if per_module is None else sum(per_module.values())
+    layers, whitenings, spent = [], {}, 0.0
+    for p in paths:
+        m = model.get_submodule(p)
+        W = m.weight.detach()
+        wh = whitening(dense.grams[p].fit, cfg.damp) if cfg.whiten else Whitening(None, 0.0)
+        whitenings[p] = wh
+        _, S, _ = whitened_svd(W, wh)
+        if per_module is None:
+            unit, full = m.in_features + m.out_features, m.in_features * m.out_features
+        else:
+            tokens = per_module.get(p, 0) / (m.in_features * m.out_features)
+            unit, full = tokens * (m.in_features + m.out_features), per_module.get(p, 0)
+        layers.append(LayerCost(p, m.in_features, m.out_features, unit, full, tail_energy(S)))
+        spent += full
+    return layers, total - spent, total, whitenings
+
+
+def _fit_layer(m: nn.Linear, rank: int, cfg: LowRankConfig, wh: Whitening, cc, cd, dd, seed: int) -> tuple:
+    """A LowRankLinear of total rank ``rank`` for ``m`` and its per-layer report.
+
+    cc/cd/dd: Grams objects (fit + held) of X_cᵀX_c, X_cᵀX_d, X_dᵀX_d (cd/dd None = no drift).
+    """
+    W = m.weight.detach().to(torch.float64)
+    if cfg.whiten:
+        wh = whitening(cc.fit, cfg.damp)
+    U, S, Vh = whitened_svd(W, wh)
+    r2 = min(max(1, round(rank * cfg.comp_fraction)), rank - 1) if cfg.compensates and rank > 1 else 0
+    r1 = rank - r2
+    # the (up, z) pairs live in the whitened space of ``wh``: z = down · L
+    s = S[:rank].sqrt()
+    up_all, z_all = U[:, :rank] * s, s[:, None] * Vh[:rank]
+
+    def err(W_new, held):
+        g = (lambda x: None if x is None else (x.held if held else x.fit))
+        c = g(cc)
+        if c is None:
+            return None
+        return round(output_error(W_new, W, c, g(cd), g(dd)), 6)
+
+    wh_out = wh
+    base = up_all @ unwhiten(z_all, wh)
+    info = {"rank": rank, "ranks": [r1, r2], "in": m.in_features, "out": m.out_features,
+            "err_fit_svd": err(base, False), "err_held_svd": err(base, True), "lambda": wh.damp,
+            "fallback_plain": wh.fallback}
+    terms = [(up_all[:, :r1], z_all[:r1])] + ([(up_all[:, r1:], z_all[r1:])] if r2 else [])
+    if cfg.compensates and cc is not None and cc.fit is not None:
+        # the compensation always works in the whitened space of the compressed-input Gram
+        wc = wh if cfg.whiten else whitening(cc.fit, cfg.damp)
+        if wc.L is not None and wc is not wh:
+            terms = [(u, z @ wc.L) for u, z in terms]
+        T = whitened_target(W, wc, None if cd is None else cd.fit)
+        if cfg.comp_solver == "closed":
+            up, z = closed_form(T, rank)
+            terms = [(up[:, :r1], z[:r1])] + ([(up[:, r1:], z[r1:])] if r2 else [])
+        else:
+            terms, hist = compensate_adam(T, terms, cfg.comp_steps, cfg.comp_lr, cfg.refine_first, seed)
+            info["comp_loss"] = [round(h, 6) for h in hist]
+        wh_out = wc
+    factors = [(u, unwhiten(z, wh_out)) for u, z in terms]
+    W_new = sum(u @ d for u, d in factors)
+    info["err_fit"], info["err_held"] = err(W_new, False), err(W_new, True)
+    lr = LowRankLinear(m.in_features, m.out_features, (r1, r2), bias=m.bias is not None)
+    flat = [t for pair in factors for t in pair]
+    lr.set_factors(*flat, bias=None if m.bias is None else m.bias.detach())
+    p = m.weight
+    return lr.to(device=p.device, dtype=p.dtype), info
+
+
+@torch.no_grad()
+def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[torch.Tensor],
+                      log=print, seed: int = 0) -> tuple:
+    """Replace the chosen Linears of ``model`` (in place) by low-rank ones meeting ``cfg``'s budget.
+
+    ``batches`` yields image tensors (B, 3, H, W) for calibration. Returns (model, structure, report).
+    Example: ``factorize_linears(model, LowRankConfig(params_ratio=0.5), [images])``
+    """
+    t0 = time.perf_counter()
+    paths = candidate_paths(model, cfg)
+    dense_params, dense_macs = count_params(model), count_macs(model).macs
+    dense = dense_pass(model, batches, paths, cfg.heldout_every, keep_block_inputs=cfg.sequential)
+    t_pass = time.perf_counter() - t0
+    layers, fixed, total, whitenings = _layer_costs(model, paths, dense, cfg)
+    budget = cfg.ratio * total - fixed
+    ranks = allocate_ranks(layers, budget, cfg.multiple)
+    chosen = {p: r for p, r in ranks.items() if r != DENSE}
+    log(f"lowrank: {len(chosen)}/{len(paths)} layers factorised, ranks {sorted(set(chosen.values()))}")
+
+    per_layer = {}
+    reference = copy.deepcopy(model).eval() if cfg.sequential else None
+    blocks = model.blocks
+    by_block = {}
+    for p in paths:
+        key = int(p.split(".")[1]) if p.startswith("blocks.") else "tail"
+        by_block.setdefault(key, []).append(p)
+    h_d = h_c = dense.block0_inputs if cfg.sequential else None
+    for key, group in by_block.items():
+        if cfg.sequential:
+            blk_c = blocks[key] if key != "tail" else _Tail(model)
+            blk_d = reference.blocks[key] if key != "tail" else _Tail(reference)
+            prefix = f"blocks.{key}." if key != "tail" else "m."
+        for p in group:
+            if p not in chosen:
+                continue
+            m = model.get_submodule(p)
+            dd = dense.grams[p]
+            if cfg.sequential:
+                sub = p[len(f"blocks.{key}."):] if key != "tail" else "m." + p
+                cc, cd = pair_grams(blk_d, blk_c, sub, h_d, h_c, m.in_features)
+            else:
+                cc, cd, dd = dd, None, None
+            new, info = _fit_layer(m, chosen[p], cfg, whitenings[p], cc, cd, dd, seed)
+            set_submodule(model, p, new)
+            per_layer[p] = info
+        if cfg.sequential and key != "tail":
+            h_c = run_block(blk_c, h_c)
+            h_d = run_block(blk_d, h_d)
+    del reference, h_c, h_d
+
+    if cfg.merge:
+        merge_for_export(model)
+    new_params, new_macs = count_params(model), count_macs(model).macs
+    kept = [p for p in paths if p not in chosen]
+    report = {
+        "budget": cfg.budget_kind, "target_ratio": cfg.ratio,
+        "params_ratio": round(new_params / dense_params, 5), "macs_ratio": round(new_macs / dense_macs, 5),
+        "params": new_params, "dense_params": dense_params, "macs": new_macs, "dense_macs": dense_macs,
+        "factorised": len(chosen), "kept_dense": kept,
+        "calib_images": dense.images, "calib_mode": "sequential" if cfg.sequential else "independent",
+        "svd": "activation-aware" if cfg.whiten else "plain",
+        "mean_err_held_svd": _mean([i["err_held_svd"] for i in per_layer.values()]),
+        "mean_err_held": _mean([i["err_held"] for i in per_layer.values()]),
+        "dense_pass_seconds": round(t_pass, 2), "calibration_seconds": round(time.perf_counter() - t0, 2),
+        "layers": per_layer,
+    }
+    return model, lowrank_structure(model), report
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def calibration_batches(ctx, model, cfg: LowRankConfig):
+    """Evenly spaced calibration images from ``ctx.calib_dir`` with the model's eval transform."""
+    from torch.utils.data import DataLoader, Subset
+    from ...data.folder import ImageFolderData, collate, eval_transform
+    if not ctx.calib_dir:
+        raise VitoptError("lowrank needs calibration images (--calib DIR)")
+    ds = ImageFolderData(ctx.calib_dir, eval_transform(model), synsets=ctx.synsets, labeled=False)
+    n = min(cfg.calib_images, len(ds))
+    idx = [int(i * len(ds) / n) for i in range(n)]
+    loader = DataLoader(Subset(ds, idx), batch_size=cfg.batch_size, shuffle=False, num_workers=ctx.workers,
+                        collate_fn=collate)
+    device = torch.device(ctx.device)
+    for batch in loader:
+        if batch.images.numel():
+            yield batch.images.to(device)
+
+
+def apply(model, cfg: LowRankConfig, ctx) -> StepResult:
+    """Registered transform: factorise, then optionally fine-tune from the dense teacher."""
+    model.eval().to(ctx.device)
+    model, structure, report = factorize_linears(model, cfg, calibration_batches(ctx, model, cfg),
+                                                 log=ctx.log, seed=ctx.seed)
+    if cfg.finetune_epochs > 0:
+        from ...distill import DistillConfig, recover
+        if ctx.teacher is None:
+            raise VitoptError("lowrank finetune_epochs > 0 needs the dense teacher (ctx.teacher)")
+        dcfg = DistillConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
+        report["finetune"] = recover(model, ctx.teacher, ctx, dcfg)
+        model.eval()
+    return StepResult(model, structure, report)

@@ -1,0 +1,153 @@
+"""Calibration statistics: XᵀX per Linear input, streamed, never the activations themselves.
+
+One pass over the calibration images accumulates, for each chosen Linear, the Gram matrix of
+its input tokens (float32 per batch, summed in float64). Images are split into a fitting set and
+a held-out set (every k-th image) so the reported per-layer errors are measured on tokens the
+factorisation never saw. The dense pass also records the input of the first block, from which
+sequential calibration replays the blocks one at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from ...errors import VitoptError
+
+
+@dataclass
+class Grams:
+    """Float64 sums over the fitting tokens (``fit``) and the held-out tokens (``held``)."""
+    fit: Optional[torch.Tensor] = None
+    held: Optional[torch.Tensor] = None
+    fit_tokens: int = 0
+    held_tokens: int = 0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor, held: bool) -> None:
+        g = (a.T.float() @ b.float()).to(torch.float64)
+        if held:
+            self.held = g if self.held is None else self.held + g
+            self.held_tokens += a.shape[0]
+        else:
+            self.fit = g if self.fit is None else self.fit + g
+            self.fit_tokens += a.shape[0]
+
+
+def held_mask(start: int, batch: int, every: int) -> torch.Tensor:
+    """Image i (global index) is held out when every > 0 and i % every == every - 1."""
+    idx = torch.arange(start, start + batch)
+    return (idx % every == every - 1) if every > 0 else torch.zeros(batch, dtype=torch.bool)
+
+
+def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    return x.detach().reshape(-1, in_features)
+
+
+def _split(x: torch.Tensor, mask: torch.Tensor):
+    """Per-image rows of ``x`` (batch first) for the fitting and held-out images."""
+    return x[~mask], x[mask]
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass once the wanted input is captured."""
+
+
+@dataclass
+class DensePass:
+    grams: dict                                   # path -> Grams of that Linear's input
+    tokens: dict                                  # path -> tokens per image at that Linear
+    block0_inputs: list = field(default_factory=list)   # per batch: (input of blocks[0], held mask)
+    images: int = 0
+
+
+@torch.no_grad()
+def dense_pass(model: nn.Module, batches: Iterable[torch.Tensor], paths: list, held_every: int,
+               keep_block_inputs: bool) -> DensePass:
+    """Stream ``batches`` through ``model`` once, accumulating the input Gram of each Linear in ``paths``."""
+    mods = {p: model.get_submodule(p) for p in paths}
+    res = DensePass({p: Grams() for p in paths}, {})
+    state = {"mask": None}
+    handles = []
+
+    def make_hook(path, mod):
+        def hook(m, args):
+            x = args[0]
+            b = x.shape[0]
+            rows = x.detach().reshape(b, -1, mod.in_features)
+            res.tokens[path] = rows.shape[1]
+            fit, held = _split(rows, state["mask"])
+            if fit.numel():
+                f = fit.reshape(-1, mod.in_features)
+                res.grams[path].add(f, f, held=False)
+            if held.numel():
+                h = held.reshape(-1, mod.in_features)
+                res.grams[path].add(h, h, held=True)
+        return hook
+
+    for p, m in mods.items():
+        handles.append(m.register_forward_pre_hook(make_hook(p, m)))
+    if keep_block_inputs:
+        def keep(m, args):
+            res.block0_inputs.append((args[0].detach().clone(), state["mask"].clone()))
+        handles.append(model.blocks[0].register_forward_pre_hook(keep))
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            state["mask"] = held_mask(res.images, x.shape[0], held_every)
+            model(x)
+            res.images += x.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if res.images == 0:
+        raise VitoptError("no calibration images were read")
+    return res
+
+
+@torch.no_grad()
+def capture_input(block: nn.Module, sub: str, x: torch.Tensor) -> torch.Tensor:
+    """The input of ``block.<sub>`` when ``block`` runs on ``x`` (the forward stops there)."""
+    mod = block.get_submodule(sub)
+    out = {}
+
+    def hook(m, args):
+        out["x"] = args[0].detach()
+        raise _Stop
+
+    h = mod.register_forward_pre_hook(hook)
+    try:
+        block(x)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    if "x" not in out:
+        raise VitoptError(f"block never called its '{sub}' module: cannot calibrate it")
+    return out["x"]
+
+
+@torch.no_grad()
+def pair_grams(block_d: nn.Module, block_c: nn.Module, sub: str, inputs_d: list, inputs_c: list,
+               in_features: int):
+    """(C_cc, C_cd) Grams of ``sub``'s input in the compressed block (X_c) against the dense one (X_d)."""
+    cc, cd = Grams(), Grams()
+    for (hd, mask), (hc, _) in zip(inputs_d, inputs_c):
+        b = hd.shape[0]
+        xd = capture_input(block_d, sub, hd).reshape(b, -1, in_features)
+        xc = capture_input(block_c, sub, hc).reshape(b, -1, in_features)
+        for held, sel in ((False, ~mask), (True, mask)):
+            if bool(sel.any()):
+                a, d = xc[sel].reshape(-1, in_features), xd[sel].reshape(-1, in_features)
+                cc.add(a, a, held)
+                cd.add(a, d, held)
+    return cc, cd
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: list) -> list:
+    """Outputs of ``block`` for each stored (input, mask) batch."""
+    return [(block(h), mask) for h, mask in inputs]

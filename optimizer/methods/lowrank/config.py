@@ -1,0 +1,95 @@
+"""``LowRankConfig``: activation-aware mixed-rank factorisation of a ViT's Linear layers."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+from ...compress.config import MethodConfig, check_positive, check_ratio
+
+LAYER_KINDS = ("qkv", "proj", "fc1", "fc2")
+SOLVERS = ("adam", "closed")
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRankConfig(MethodConfig):
+    """Options of the ``lowrank`` method (give exactly one of ``params_ratio`` / ``macs_ratio``).
+
+    params_ratio      params(compressed model) / params(model this step receives), everything counted
+    macs_ratio        the same for MACs per image (optimizer.counting convention)
+    whiten            activation-aware SVD (True) or plain SVD of the weights (False)
+    sequential        calibrate each block on the outputs of the already-factorised prefix (True) or
+                      every layer on dense activations in one pass (False)
+    comp_fraction     share of each layer's rank given to the error-compensation term (0: none)
+    comp_steps        Adam steps of the compensation fit (0: no compensation)
+    comp_lr           Adam learning rate, relative to the factors' RMS entry
+    comp_solver       "adam" (gradient descent, the paper's) or "closed" (exact reduced-rank regression)
+    refine_first      let the compensation fit also update the first (SVD) term
+    damp              λ = damp · mean(diag XᵀX) added before the Cholesky (raised ×10 when it fails)
+    multiple          ranks are multiples of this (hardware-friendly GEMM shapes)
+    layers            which Linears of each block may be factorised
+    include_head      also consider the classifier head
+    calib_images      calibration images (evenly spaced over the calibration folder)
+    heldout_every     every k-th calibration image is held out for the reported errors (0: none)
+    batch_size        calibration batch size
+    merge             merge the two terms into one factor pair at the end (deployment form)
+    finetune_epochs   distillation epochs from the dense teacher after factorising (0: none)
+    finetune_lr       learning rate of that fine-tuning (None: the distillation trainer's default)
+    """
+
+    params_ratio: Optional[float] = None
+    macs_ratio: Optional[float] = None
+    whiten: bool = True
+    sequential: bool = True
+    comp_fraction: float = 0.25
+    comp_steps: int = 300
+    comp_lr: float = 0.01
+    comp_solver: str = "adam"
+    refine_first: bool = True
+    damp: float = 1e-4
+    multiple: int = 8
+    layers: Tuple[str, ...] = LAYER_KINDS
+    include_head: bool = False
+    calib_images: int = 256
+    heldout_every: int = 8
+    batch_size: int = 32
+    merge: bool = True
+    finetune_epochs: float = 0.0
+    finetune_lr: Optional[float] = None
+
+    def __post_init__(self):
+        if (self.params_ratio is None) == (self.macs_ratio is None):
+            raise ValueError("give exactly one of params_ratio (--params) or macs_ratio (--macs)")
+        check_ratio("params_ratio", self.params_ratio)
+        check_ratio("macs_ratio", self.macs_ratio)
+        if not (0.0 <= self.comp_fraction < 1.0):
+            raise ValueError(f"comp_fraction must be in [0, 1), got {self.comp_fraction!r}")
+        check_positive("comp_steps", self.comp_steps, allow_zero=True)
+        check_positive("comp_lr", self.comp_lr)
+        if self.comp_solver not in SOLVERS:
+            raise ValueError(f"comp_solver must be one of {', '.join(SOLVERS)}, got {self.comp_solver!r}")
+        check_positive("damp", self.damp, allow_zero=True)
+        if not isinstance(self.multiple, int) or self.multiple < 1:
+            raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
+        bad = [k for k in self.layers if k not in LAYER_KINDS]
+        if bad or not self.layers and not self.include_head:
+            raise ValueError(f"layers must be a non-empty subset of {', '.join(LAYER_KINDS)}, got {list(self.layers)!r}")
+        check_positive("calib_images", self.calib_images)
+        check_positive("heldout_every", self.heldout_every, allow_zero=True)
+        if self.heldout_every == 1:
+            raise ValueError("heldout_every=1 would hold out every image; use 0 (none) or >= 2")
+        check_positive("batch_size", self.batch_size)
+        check_positive("finetune_epochs", self.finetune_epochs, allow_zero=True)
+        if self.finetune_lr is not None:
+            check_positive("finetune_lr", self.finetune_lr)
+
+    @property
+    def budget_kind(self) -> str:
+        return "params" if self.params_ratio is not None else "macs"
+
+    @property
+    def ratio(self) -> float:
+        return float(self.params_ratio if self.params_ratio is not None else self.macs_ratio)
+
+    @property
+    def compensates(self) -> bool:
+        return self.comp_fraction > 0 and (self.comp_steps > 0 or self.comp_solver == "closed")
