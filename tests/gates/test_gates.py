@@ -274,3 +274,22 @@ def test_gating_twice_is_an_error():
     model = gate_model(tiny_vit())
     with pytest.raises(VitoptError, match="already gated"):
         gate_model(model)
+
+
+def test_importance_init_orders_biases_and_keeps_every_gate_on():
+    from optimizer.methods.gates.train import init_gates_from_importance
+    dense, model = _gated(group_size=16)
+    x = _x(4)
+    init_gates_from_importance(model, x, init_logit=1.0, spread=0.5)
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a: inputs.__setitem__(mod, a[0])) for m in gated_modules(model)]
+    with torch.no_grad():
+        out = model(x)
+    for h in hooks:
+        h.remove()
+    assert (out - dense(x)).abs().max() <= 1e-5        # still the dense model: every bias in [0.5, 1.5]
+    for m in gated_modules(model):
+        bias = m.gate_net.last.bias.detach()
+        assert bias.min() >= 0.5 and bias.max() <= 1.5
+        imp = m.unit_importance(inputs[m])
+        assert torch.equal(torch.argsort(bias), torch.argsort(imp))

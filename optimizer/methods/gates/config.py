@@ -14,7 +14,9 @@ class GatesConfig(MethodConfig):
     """Options of the ``gates`` step (``vitopt compress --method gates --macs 0.6``).
 
     macs_ratio        target average executed MACs, as a fraction of the model entering this step
-    gamma             weight of the MACs-target loss gamma * (ratio - macs_ratio)^2 (paper: 100)
+    gamma             weight of the MACs-target loss gamma * (ratio - target)^2 (paper: 100)
+    target_warmup     fraction of the gate-training steps over which the target falls linearly from
+                      1.0 to macs_ratio (0: the final target from the first step)
     group_size        MLP channels per gate (a multiple of 8/16/32 keeps GEMMs aligned); the
                       remainder hidden % group_size is never gated
     gate_heads        gate attention heads (one gate per head)
@@ -22,6 +24,8 @@ class GatesConfig(MethodConfig):
     gate_hidden       hidden width of each gate net (0: a single Linear)
     threshold         gate logit threshold: a unit runs when its score > threshold
     init_logit        initial gate bias (> threshold: training starts from the dense model)
+    importance_init   spread of the initial biases by unit importance on one calibration batch:
+                      init_logit * (1 + importance_init * tanh(z)); 0 = every gate alike
     estimator         "ste" (straight-through sigmoid) or "gumbel" (straight-through Gumbel-sigmoid)
     gumbel_tau        temperature of the Gumbel-sigmoid
     subgroup_aug      sub-group gate augmentation: every other step splits the batch recursively
@@ -42,12 +46,14 @@ class GatesConfig(MethodConfig):
 
     macs_ratio: Optional[float] = 0.6
     gamma: float = 100.0
+    target_warmup: float = 0.5
     group_size: int = 32
     gate_heads: bool = True
     gate_mlp: bool = True
     gate_hidden: int = 32
     threshold: float = 0.0
     init_logit: float = 1.0
+    importance_init: float = 0.5
     estimator: str = "ste"
     gumbel_tau: float = 1.0
     subgroup_aug: bool = True
@@ -70,6 +76,8 @@ class GatesConfig(MethodConfig):
             raise ValueError("gates needs a MACs target: --macs R (macs_ratio in (0, 1])")
         check_ratio("macs_ratio", self.macs_ratio, allow_none=False)
         check_positive("gamma", self.gamma, allow_zero=True)
+        if not isinstance(self.target_warmup, (int, float)) or not 0.0 <= self.target_warmup <= 1.0:
+            raise ValueError(f"target_warmup must be a fraction in [0, 1], got {self.target_warmup!r}")
         if not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}")
         if not isinstance(self.gate_hidden, int) or self.gate_hidden < 0:
@@ -79,6 +87,9 @@ class GatesConfig(MethodConfig):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         check_positive("gumbel_tau", self.gumbel_tau)
+        check_positive("init_logit", self.init_logit)
+        if not isinstance(self.importance_init, (int, float)) or not 0.0 <= self.importance_init < 1.0:
+            raise ValueError(f"importance_init must be in [0, 1), got {self.importance_init!r}")
         check_positive("epochs", self.epochs, allow_zero=True)
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 0):
             raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")

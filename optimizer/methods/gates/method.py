@@ -11,7 +11,7 @@ from ...errors import VitoptError
 from .config import GatesConfig
 from .convert import gate_model, gate_summary, rebuild_gated, static_prune, structure_of
 from .modules import gated_modules, set_forced_gates
-from .train import calibrate_gates, train_gates
+from .train import calibrate_gates, init_gates_from_importance, train_gates
 
 
 def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
@@ -37,13 +37,17 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
                init_logit=cfg.init_logit, gate_heads=cfg.gate_heads, gate_mlp_channels=cfg.gate_mlp)
     model.to(device)
     train_loader = ctx.calib_loader(model, cfg.batch_size, train=cfg.augment, shuffle=True, limit=cfg.calib_images)
+    if cfg.importance_init > 0:
+        first = next(iter(ctx.calib_loader(model, cfg.batch_size, shuffle=True, limit=cfg.calib_images)))
+        init_gates_from_importance(model, first.images.to(device), cfg.init_logit, cfg.importance_init)
     steps = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * len(train_loader)))
     log(f"gates: training gates for {steps} steps (batch {cfg.batch_size}, target MACs {cfg.macs_ratio}, "
         f"sub-group augmentation {'on' if cfg.subgroup_aug else 'off'})")
     train_report = train_gates(model, teacher, train_loader, target=cfg.macs_ratio, gamma=cfg.gamma, steps=steps,
                                lr_gates=cfg.lr_gates, lr_backbone=cfg.lr_backbone, kd_tau=cfg.kd_tau,
                                subgroup_aug=cfg.subgroup_aug, estimator=cfg.estimator,
-                               gumbel_tau=cfg.gumbel_tau, dense_macs=dense.macs, device=device, log=log)
+                               gumbel_tau=cfg.gumbel_tau, dense_macs=dense.macs, device=device,
+                               target_warmup=cfg.target_warmup, log=log)
 
     loaders = {g: ctx.calib_loader(model, g, shuffle=True, limit=cfg.calib_images) for g in cfg.calib_groups}
     active = calibrate_gates(model, loaders, device)

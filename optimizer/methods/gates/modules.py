@@ -114,7 +114,7 @@ class _Gated(nn.Module):
         self.static_units, self.dynamic_units = int(static_units), int(dynamic_units)
         self.threshold = float(threshold)
         self.gate_hidden = int(gate_hidden)
-        self.gate_net = GateNet(dim, dynamic_units, gate_hidden, init_logit) if dynamic_units else None
+        self.gate_net = GateNet(dim, dynamic_units, gate_hidden, threshold + init_logit) if dynamic_units else None
         # run-time knobs (not part of the saved state; set through functions in this package)
         self.forced: Optional[list] = None      # list[bool] per dynamic unit: bypass the gate net
         self.fixed_k: Optional[int] = None      # constant K (static shapes) instead of the data-dependent one
@@ -248,6 +248,18 @@ class GatedAttention(_Gated):
         out = torch.matmul(o, wproj)
         return out if self.proj.bias is None else out + self.proj.bias
 
+    @torch.no_grad()
+    def unit_importance(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean norm of each dynamic head's contribution to the output on ``x`` (dense computation)."""
+        B, N, D = x.shape
+        H, hd = self.units, self.head_dim
+        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)                  # (B, H, N, hd)
+        w = self.proj.weight.reshape(D, H, hd).permute(1, 2, 0)                          # (H, hd, D)
+        contrib = torch.einsum("bhnd,hde->bhne", o, w).norm(dim=-1).mean(dim=(0, 2))     # (H,)
+        return contrib[self.static_units:]
+
     def _unit_costs(self, x):
         N, D, hd = x.shape[1], self.dim, self.head_dim
         per_head = 3 * N * D * hd + 2 * N * N * hd + N * hd * D
@@ -314,6 +326,13 @@ class GatedMlp(_Gated):
         h = self.act(F.linear(x, w1, b1))
         out = torch.matmul(h, w2)
         return out if self.fc2.bias is None else out + self.fc2.bias
+
+    @torch.no_grad()
+    def unit_importance(self, x: torch.Tensor) -> torch.Tensor:
+        """Per dynamic group: sum over its channels of mean |activation| x ||fc2 column||."""
+        h = self.act(F.linear(x, self.fc1.weight, self.fc1.bias))
+        imp = h.abs().mean(dim=(0, 1)) * self.fc2.weight.norm(dim=0)
+        return imp[self.static_channels:].reshape(self.dynamic_units, self.group_size).sum(1)
 
     def _unit_costs(self, x):
         N, D = x.shape[1], self.dim

@@ -60,7 +60,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
 
 def train_gates(model: nn.Module, teacher: nn.Module, loader, *, target: float, gamma: float, steps: int,
                 lr_gates: float, lr_backbone: float, kd_tau: float, subgroup_aug: bool, estimator: str,
-                gumbel_tau: float, dense_macs: float, device, log=print) -> dict:
+                gumbel_tau: float, dense_macs: float, device, target_warmup: float = 0.0, log=print) -> dict:
     """Train gate nets (and optionally the backbone) in place. Returns a report dict."""
     gate_params, other = [], []
     for name, p in model.named_parameters():
@@ -98,7 +98,9 @@ def train_gates(model: nn.Module, teacher: nn.Module, loader, *, target: float, 
                 zs = model(x)
                 kd = kd_loss(zs, zt, kd_tau)
                 ratio = macs_ratio_tensor(model, fixed, dense_macs)
-                loss = kd + gamma * (ratio - target) ** 2
+                ramp = min(1.0, step / max(target_warmup * steps, 1e-9)) if target_warmup > 0 else 1.0
+                goal = 1.0 + (target - 1.0) * ramp
+                loss = kd + gamma * (ratio - goal) ** 2
                 if not torch.isfinite(loss):
                     raise VitoptError(f"gate training loss is {float(loss)} at step {step}: lower lr_gates")
                 opt.zero_grad(set_to_none=True)
@@ -107,7 +109,7 @@ def train_gates(model: nn.Module, teacher: nn.Module, loader, *, target: float, 
                 step += 1
                 images += B
                 row = {"step": step, "kd": round(float(kd.detach()), 5), "macs_ratio": round(float(ratio.detach()), 4),
-                       "loss": round(float(loss.detach()), 5), "groups": len(sizes)}
+                       "loss": round(float(loss.detach()), 5), "target": round(goal, 4), "groups": len(sizes)}
                 history.append(row)
                 if step % 10 == 0 or step == steps:
                     log(f"gates: step {step}/{steps} kd {row['kd']:.4f} macs {row['macs_ratio']:.3f} "
@@ -123,6 +125,28 @@ def train_gates(model: nn.Module, teacher: nn.Module, loader, *, target: float, 
             "final_kd": round(sum(r["kd"] for r in tail) / max(len(tail), 1), 5),
             "final_train_macs_ratio": round(sum(r["macs_ratio"] for r in tail) / max(len(tail), 1), 4),
             "history": history[:: max(1, len(history) // 50)]}
+
+
+@torch.no_grad()
+def init_gates_from_importance(model: nn.Module, x: torch.Tensor, init_logit: float, spread: float) -> None:
+    """Start every gate on, but ordered by importance: bias = init_logit * (1 + spread * tanh(z)),
+    z = standardised importance of the unit within its module on the batch ``x``. Under the uniform
+    pull of the MACs loss the least important units then cross the threshold first."""
+    inputs = {}
+    mods = [m for m in gated_modules(model) if m.dynamic_units]
+    hooks = [m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, args[0])) for m in mods]
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    for m in mods:
+        imp = m.unit_importance(inputs[m])
+        z = (imp - imp.mean()) / imp.std().clamp(min=1e-12) if imp.numel() > 1 else torch.zeros_like(imp)
+        m.gate_net.last.bias.copy_(init_logit * (1 + spread * torch.tanh(z)) + m.threshold)
 
 
 @torch.no_grad()

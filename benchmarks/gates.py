@@ -1,0 +1,305 @@
+"""USDC gates on DeiT-Tiny: accuracy vs inference batch (Table-5 shape), executed MACs, memory bound,
+ONNX Runtime latency vs dense, TensorRT-for-RTX build.
+
+    flock /tmp/vitopt-heavy.lock python benchmarks/gates.py            # every stage
+    python benchmarks/gates.py --stage report                            # Markdown from the JSON files
+
+Stages (each writes benchmarks/results/gates_<stage>.json; models live in --work):
+  train    two gate variants from the dense model on imagenet-mini/train: sub-group augmentation on / off
+  eval     top-1, agreement with the dense model and executed MACs on imagenet-mini/val at several
+           inference batch sizes (= gate group sizes); val order is one fixed shuffle (seed 0), so
+           groups mix classes as they would in a serving queue
+  latency  ONNX export (data-dependent K and fixed K), parity vs PyTorch on real images, interleaved
+           ONNX Runtime latency vs the dense export on the same real images, ideal speedup = dense MACs /
+           executed MACs of exactly those images
+  trt      TensorRT-for-RTX parse + build of the dense and both gated ONNX files
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from optimizer.fileio import write_json, write_text  # noqa: E402
+
+ARCH = "deit_tiny_patch16_224"
+VARIANTS = {"aug": True, "noaug": False}
+
+
+def _dense(weights):
+    from optimizer.models.loading import load_model
+    return load_model(ARCH, weights).model.eval()
+
+
+def stage_train(a) -> dict:
+    from optimizer.compress import CompressContext, compress, save_compressed
+    from optimizer.methods.gates import GatesConfig
+    out = {}
+    for name, aug in VARIANTS.items():
+        model = _dense(a.weights)
+        teacher = copy.deepcopy(model)
+        cfg = GatesConfig(macs_ratio=a.macs, subgroup_aug=aug, epochs=a.epochs, steps=a.steps,
+                          batch_size=a.train_batch, lr_backbone=a.lr_backbone, finetune_steps=a.finetune_steps,
+                          calib_groups=(1, a.train_batch))
+        ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=0)
+        t0 = time.perf_counter()
+        cm = compress(model, [cfg], ctx, arch=ARCH, base_weights="checkpoint")
+        save_compressed(Path(a.work) / name, cm)
+        rep = cm.steps[0]["report"]
+        out[name] = {"config": cfg.to_dict(), "seconds": round(time.perf_counter() - t0, 1), "report": rep}
+        print(f"[train] {name}: {out[name]['seconds']} s, deployed params {rep['deployed_params']}", flush=True)
+    return out
+
+
+@torch.no_grad()
+def _eval_batches(model, dense_pred, val, batch, labels_ok=True):
+    from optimizer.counting import count_macs
+    from optimizer.data import build_loader
+    loader = build_loader(val, model, batch_size=batch, shuffle=True, workers=2, seed=0)
+    captured = {}
+    h = model.register_forward_hook(lambda m, i, o: captured.__setitem__("z", o))
+    n = c1 = agree = 0
+    macs = 0.0
+    try:
+        for b in loader:
+            if b.images.numel() == 0:
+                continue
+            counts = count_macs(model, b.images)
+            pred = captured["z"].argmax(1)
+            n += len(pred)
+            macs += counts.macs * len(pred)
+            c1 += int((pred == b.labels).sum())
+            agree += sum(int(p) == dense_pred[path] for p, path in zip(pred, b.paths))
+    finally:
+        h.remove()
+    return {"images": n, "top1": round(100 * c1 / n, 2), "agreement": round(100 * agree / n, 2),
+            "macs": macs / n}
+
+
+@torch.no_grad()
+def stage_eval(a) -> dict:
+    from optimizer.compress import load_compressed
+    from optimizer.counting import count_macs, count_params
+    from optimizer.data import build_loader
+    val = str(Path(a.data) / "val")
+    dense = _dense(a.weights)
+    dense_pred, c1, n = {}, 0, 0
+    for b in build_loader(val, dense, batch_size=64, workers=2):
+        z = dense(b.images).argmax(1)
+        dense_pred.update({p: int(v) for p, v in zip(b.paths, z)})
+        c1 += int((z == b.labels).sum())
+        n += len(z)
+    dcounts = count_macs(dense)
+    out = {"dense": {"top1": round(100 * c1 / n, 2), "images": n, "macs": dcounts.macs,
+                     "params": count_params(dense)}, "variants": {}}
+    for name in VARIANTS:
+        model = load_compressed(Path(a.work) / name).model
+        rows = []
+        for bs in a.batches:
+            t0 = time.perf_counter()
+            r = _eval_batches(model, dense_pred, val, bs)
+            r.update(batch=bs, macs_ratio=round(r["macs"] / dcounts.macs, 4), seconds=round(time.perf_counter() - t0, 1))
+            rows.append(r)
+            print(f"[eval] {name} batch {bs}: top-1 {r['top1']} agreement {r['agreement']} "
+                  f"MACs {r['macs_ratio']}", flush=True)
+        top = [r["top1"] for r in rows]
+        out["variants"][name] = {"rows": rows, "params": count_params(model),
+                                 "top1_spread": round(max(top) - min(top), 2),
+                                 "mean_macs_ratio": round(float(np.mean([r["macs_ratio"] for r in rows])), 4)}
+    return out
+
+
+class _RealImageOrt:
+    """OrtRunner fed with real images instead of the runner's random input (gates depend on content)."""
+
+    @staticmethod
+    def make(path, images, threads):
+        from optimizer.runners import OrtRunner
+
+        class Runner(OrtRunner):
+            def prepare(self, batch, sample_shape=None, seed=0):
+                self._require_active()
+                if self._prepared_batch == batch:
+                    return
+                self._prepare(np.ascontiguousarray(images[:batch]).astype(np.float32))
+                self._prepared_batch, self._prepared_shape = batch, tuple(images.shape[1:])
+        return Runner(path, threads=threads)
+
+
+def _val_images(a, model, count):
+    from optimizer.data import build_loader
+    b = next(iter(build_loader(str(Path(a.data) / "val"), model, batch_size=count, shuffle=True, workers=2, seed=1)))
+    return b.images
+
+
+def stage_latency(a) -> dict:
+    from optimizer.bench import interleaved_latency
+    from optimizer.compress import load_compressed
+    from optimizer.counting import count_macs
+    from optimizer.export import check_parity, onnx_from_torch
+    from optimizer.methods.gates import set_fixed_k
+    from optimizer.methods.gates.export import onnx_from_gated, op_counts
+    work = Path(a.work)
+    dense = _dense(a.weights)
+    model = load_compressed(work / "aug").model
+    files = {"dense": work / "dense.onnx", "gated": work / "gated.onnx", "gated_fixed_k": work / "gated_fixed_k.onnx"}
+    info = {"dense": onnx_from_torch(dense, files["dense"]).__dict__,
+            "gated": onnx_from_gated(model, files["gated"]).__dict__,
+            "gated_fixed_k": onnx_from_gated(model, files["gated_fixed_k"], fixed_k=True).__dict__}
+    images = _val_images(a, dense, max(a.latency_batches + [32]))
+    parity = {}
+    for key, fixed in (("gated", False), ("gated_fixed_k", True)):
+        set_fixed_k(model, fixed)
+        parity[key] = {}
+        for bs in (1, 2, 8, 32):
+            r = check_parity(model, files[key], images[:bs], atol=1e-3, raise_on_fail=False)
+            parity[key][bs] = {"max_abs_diff": r.max_abs_diff, "passed": r.passed,
+                               "top1_agreement": getattr(r, "agreement", None)}
+        set_fixed_k(model, False)
+    ideal = {}
+    dmacs = count_macs(dense).macs
+    for bs in a.latency_batches:
+        g = count_macs(model, images[:bs]).macs
+        set_fixed_k(model, True)
+        f = count_macs(model, images[:bs]).macs
+        set_fixed_k(model, False)
+        ideal[bs] = {"gated_macs_ratio": round(g / dmacs, 4), "ideal_speedup": round(dmacs / g, 3),
+                     "fixed_k_macs_ratio": round(f / dmacs, 4), "fixed_k_ideal_speedup": round(dmacs / f, 3)}
+    arr = images.numpy()
+    runners = {k: _RealImageOrt.make(v, arr, a.threads) for k, v in files.items()}
+    lat = interleaved_latency(runners, a.latency_batches, rounds=a.rounds, iters_per_round=5, warmup=3)
+    summary = {}
+    for row in lat["rows"]:
+        if row.get("name", row.get("runner")) == "dense":
+            continue
+        name, bs = row.get("name", row.get("runner")), row["batch"]
+        key = "ideal_speedup" if name == "gated" else "fixed_k_ideal_speedup"
+        realised = row["speedup"]
+        summary.setdefault(name, {})[bs] = {"realised_speedup": round(realised, 3), "ideal_speedup": ideal[bs][key],
+                                            "fraction_of_ideal": round(realised / ideal[bs][key], 3)}
+    return {"exports": info, "ops": {k: op_counts(v) for k, v in files.items()}, "parity": parity,
+            "ideal": ideal, "interleaved": lat, "summary": summary, "threads": a.threads}
+
+
+def stage_trt(a) -> dict:
+    from optimizer.methods.gates.export import trt_rtx_build
+    work = Path(a.work)
+    out = {}
+    for key in ("dense", "gated", "gated_fixed_k"):
+        r = trt_rtx_build(work / f"{key}.onnx", batch_sizes=(1, 8, 32))
+        out[key] = r
+        print(f"[trt] {key}: parsed {r['parsed']} built {r['built']} {r['engine_bytes']} bytes {r['errors'][:2]}",
+              flush=True)
+    return out
+
+
+def report(out_dir: Path) -> str:
+    def load(stage):
+        p = out_dir / f"gates_{stage}.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+    tr, ev, lat, trt = load("train"), load("eval"), load("latency"), load("trt")
+    lines = ["# USDC gates on DeiT-Tiny (imagenet-mini)", "",
+             "Machine: shared 2-core CPU, no GPU. Command: `flock /tmp/vitopt-heavy.lock python benchmarks/gates.py`.",
+             "Gates trained from the dense model on imagenet-mini/train (1,023 images), evaluated on val (491).", ""]
+    if tr:
+        lines += ["## Training and memory bound", "", "| variant | sub-group aug | steps | seconds | dense params | "
+                  "deployed params (memory bound) | heads static/dynamic | MLP groups dynamic | max MACs ratio |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, v in tr.items():
+            r = v["report"]
+            g = r["gates"]
+            lines.append(f"| {name} | {v['config']['subgroup_aug']} | {r['train']['steps']} | {v['seconds']} | "
+                         f"{r['dense_params']:,} | {r['deployed_params']:,} ({r['deployed_params'] / r['dense_params']:.1%}) | "
+                         f"{g['static_heads']}/{g['dynamic_heads']} | {g['dynamic_mlp_groups']} | {r['max_macs_ratio']} |")
+        lines.append("")
+    if ev:
+        lines += ["## Accuracy vs inference batch (= gate group size)", "",
+                  f"Dense DeiT-Tiny: top-1 {ev['dense']['top1']} % on {ev['dense']['images']} images, "
+                  f"{ev['dense']['macs'] / 1e9:.3f} GMACs.", ""]
+        batches = [r["batch"] for r in next(iter(ev["variants"].values()))["rows"]]
+        lines += ["| variant | " + " | ".join(f"b={b} top-1 / agree / MACs" for b in batches) + " | spread |",
+                  "|---|" + "---|" * (len(batches) + 1)]
+        for name, v in ev["variants"].items():
+            cells = [f"{r['top1']} / {r['agreement']} / {r['macs_ratio']}" for r in v["rows"]]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {v['top1_spread']} |")
+        lines.append("")
+    if lat:
+        lines += ["## ONNX Runtime latency vs dense (real val images, interleaved)", "",
+                  "| model | batch | realised speedup | ideal (MACs) | fraction of ideal |", "|---|---|---|---|---|"]
+        for name, rows in lat["summary"].items():
+            for bs, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
+                lines.append(f"| {name} | {bs} | {r['realised_speedup']} | {r['ideal_speedup']} | {r['fraction_of_ideal']} |")
+        lines += ["", "Parity (max |ONNX − PyTorch| on real images): " + ", ".join(
+            f"{k} b={b}: {v['max_abs_diff']:.2e}" for k, rows in lat["parity"].items() for b, v in rows.items()), ""]
+        lines += ["Ops in the gated graph: " + ", ".join(f"{k} {v}" for k, v in lat["ops"]["gated"].items()
+                                                          if k in ("TopK", "Gather", "ReduceSum", "NonZero", "MatMul")), ""]
+    if trt:
+        lines += ["## TensorRT for RTX (CPU build, strongly typed, profile batch 1/8/32)", "",
+                  "| ONNX | parsed | built | engine bytes | build s | errors |", "|---|---|---|---|---|---|"]
+        for k, r in trt.items():
+            lines.append(f"| {k} | {r['parsed']} | {r['built']} | {r['engine_bytes']} | {r['seconds']} | "
+                         f"{'; '.join(r['errors'])[:200] or '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", default="all", choices=["all", "train", "eval", "latency", "trt", "report"])
+    p.add_argument("--weights", default=str(ROOT.parent / "shared/weights/deit_tiny_patch16_224.pth"))
+    p.add_argument("--data", default=str(ROOT.parent / "shared/data/imagenet-mini"))
+    p.add_argument("--work", default="/tmp/vitopt_gates")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    p.add_argument("--macs", type=float, default=0.6)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--lr-backbone", type=float, default=1e-4)
+    p.add_argument("--finetune-steps", type=int, default=0)
+    p.add_argument("--batches", default="1,2,8,32,64")
+    p.add_argument("--latency-batches", default="1,8,32")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    a.batches = [int(x) for x in a.batches.split(",")]
+    a.latency_batches = [int(x) for x in a.latency_batches.split(",")]
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    stages = ["train", "eval", "latency", "trt"] if a.stage == "all" else ([] if a.stage == "report" else [a.stage])
+    for s in stages:
+        t0 = time.perf_counter()
+        res = globals()[f"stage_{s}"](a)
+        res = {"stage": s, "seconds": round(time.perf_counter() - t0, 1), "args": {k: v for k, v in vars(a).items()},
+               "machine": "shared 2-core CPU, no GPU", "result": res}
+        write_json(out / f"gates_{s}.json", res)
+    md = report_from(out)
+    write_text(out / "gates.md", md + "\n")
+    print(md)
+    return 0
+
+
+def report_from(out: Path) -> str:
+    # stage files wrap their result; unwrap for the report
+    tmp = {}
+    for s in ("train", "eval", "latency", "trt"):
+        p = out / f"gates_{s}.json"
+        if p.is_file():
+            tmp[s] = json.loads(p.read_text())["result"]
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        for s, v in tmp.items():
+            Path(d, f"gates_{s}.json").write_text(json.dumps(v))
+        return report(Path(d))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
