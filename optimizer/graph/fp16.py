@@ -51,16 +51,18 @@ def _fp32_nodes(nodes, keep32) -> set:
     return fp32
 
 
-def _is_f32(dtype) -> bool:
-    return dtype is not None and np.dtype(dtype) == np.float32 if _np_dtype_ok(dtype) else False
-
-
 def _np_dtype_ok(dtype) -> bool:
+    if dtype is None:
+        return False
     try:
         np.dtype(dtype)
         return True
-    except TypeError:
+    except TypeError:  # onnx-only types (bfloat16, float8) have no numpy dtype
         return False
+
+
+def _is_f32(dtype) -> bool:
+    return _np_dtype_ok(dtype) and np.dtype(dtype) == np.float32
 
 
 def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[Iterable[str]] = None):
@@ -140,7 +142,7 @@ def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[
                     node.inputs[i] = const16(t)
                     converted += 1
                 continue
-            if t.dtype is None or not _np_dtype_ok(t.dtype) or np.dtype(t.dtype) not in (np.float32, np.float16):
+            if not _np_dtype_ok(t.dtype) or np.dtype(t.dtype) not in (np.float32, np.float16):
                 continue
             have = np.float32 if (np.dtype(t.dtype) == np.float32) else np.float16
             if have != want:
@@ -159,7 +161,7 @@ def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[
         raise VitoptError("no float32 tensors to convert: is the model already fp16 or integer-only?")
     # graph-input Casts already exist where fp16 nodes read an fp32 input; outputs next
     for idx, out in enumerate(list(graph.outputs)):
-        if out.dtype is not None and _np_dtype_ok(out.dtype) and np.dtype(out.dtype) == np.float16 and keep_io_types:
+        if keep_io_types and _np_dtype_ok(out.dtype) and np.dtype(out.dtype) == np.float16:
             name = out.name
             out.name = f"{name}_fp16"
             final = gs.Variable(name, dtype=np.float32, shape=out.shape)
