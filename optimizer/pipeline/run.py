@@ -131,8 +131,8 @@ def _step_export(st: RunState, opts: dict) -> dict:
     if opts.get("cleanup", True):
         proto, report = cleanup_graph(onnx.load(str(path)))
         save_onnx(proto, path)
-        res["cleanup"] = report
-        _log("export: graph clean-up " + _hist_line(report))
+        res["cleanup"] = report.to_dict()
+        _log(f"export: graph clean-up {report.nodes_before} -> {report.nodes_after} nodes")
     x, what = _parity_inputs(st, int(opts.get("parity_images", 8)))
     parity = check_parity(merge, path, x, atol=float(opts.get("atol", 1e-4)))
     res["parity"] = {**parity.to_dict(), "inputs": what}
@@ -146,11 +146,6 @@ def _step_export(st: RunState, opts: dict) -> dict:
     return res
 
 
-def _hist_line(report: dict) -> str:
-    b, a = report.get("before", {}), report.get("after", {})
-    return f"{sum(b.values())} -> {sum(a.values())} nodes"
-
-
 def _export_ready(model):
     """Compression modules that need a deploy form (e.g. merged low-rank pairs) provide it here."""
     try:
@@ -161,7 +156,8 @@ def _export_ready(model):
 
 
 def _step_build(st: RunState, opts: dict) -> dict:
-    from ..engine import available_builder, engine_from_onnx, save_engine
+    from ..engine import engine_from_onnx, import_builder, save_engine
+    from ..errors import MissingDependency
     if not st.onnx:
         raise VitoptError("build step needs an export step before it")
     precisions = opts.get("precision", ["fp32"])
@@ -171,12 +167,13 @@ def _step_build(st: RunState, opts: dict) -> dict:
     if any((not isinstance(b, int)) or b < 1 for b in batches):
         raise VitoptError(f"build batch sizes must be positive integers, got {batches}")
     builder = opts.get("builder")
-    if available_builder(builder) is None:
-        msg = "no TensorRT builder installed (pip install 'vitopt[trt-rtx]' or tensorrt)"
+    try:
+        import_builder(builder)
+    except MissingDependency as e:
         if opts.get("optional"):
-            _log(f"build: skipped, {msg}")
-            return {"skipped": msg}
-        raise VitoptError(msg)
+            _log(f"build: skipped, {e}")
+            return {"skipped": str(e)}
+        raise
     res = {}
     for prec in precisions:
         if prec not in ("fp32", "fp16"):
@@ -186,8 +183,8 @@ def _step_build(st: RunState, opts: dict) -> dict:
         path = st.out / f"model.{prec}.engine"
         save_engine(built, path)
         st.engines[prec] = path
-        res[prec] = built.sidecar
-        _log(f"build: {prec} engine {path.name}: {built.sidecar.get('engine_size_bytes', 0) / 1e6:.1f} MB")
+        res[prec] = built.info
+        _log(f"build: {prec} engine {path.name}: {built.size_bytes / 1e6:.1f} MB")
     return res
 
 
