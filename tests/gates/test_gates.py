@@ -293,3 +293,49 @@ def test_importance_init_orders_biases_and_keeps_every_gate_on():
         assert bias.min() >= 0.5 and bias.max() <= 1.5
         imp = m.unit_importance(inputs[m])
         assert torch.equal(torch.argsort(bias), torch.argsort(imp))
+
+
+def test_gates_after_slim_recipe_round_trip(tmp_path):
+    """slim's own rebuild (per-block widths, a token gather) followed by gates: save -> load is exact."""
+    from optimizer.compress import load_compressed, save_compressed
+    from optimizer.compress.api import CompressedModel
+    from optimizer.methods.slim.slicing import rebuild as slim_rebuild
+    kwargs = dict(depth=2, embed_dim=64, num_heads=4, img_size=32, patch_size=8, num_classes=10)
+    slim_structure = {"format": "slim-structure", "version": 1, "blocks": [
+        {"num_heads": 3, "head_dim": 16, "scale": 0.25, "mlp_hidden": 200, "token_index": None,
+         "token_positions": None},
+        {"num_heads": 2, "head_dim": 12, "scale": 0.25, "mlp_hidden": 96, "token_index": list(range(12)),
+         "token_positions": list(range(12))}]}
+    slim = slim_rebuild(tiny_vit(), slim_structure).eval()
+    x = _x(2)
+    with torch.no_grad():
+        ref = slim(x)
+    model = gate_model(slim, group_size=32, gate_hidden=8)
+    with torch.no_grad():
+        assert (model(x) - ref).abs().max() <= 1e-5
+    assert [b.mlp.static_channels for b in model.blocks] == [200 - 6 * 32, 0]
+    _randomise_gates(model, seed=5)
+    for b in model.blocks:   # one never-on head and MLP group per block, removed statically
+        for g in (b.attn, b.mlp):
+            g._on_freq_max = [0.0] + [0.5] * (g.dynamic_units - 1)
+            g._on_freq_min = [0.0] * g.dynamic_units
+            g._on_freq_mean = g._on_freq_max
+    static_prune(model, 0.01, 0.99)
+    cm = CompressedModel(model, "vit_tiny_patch16_224", kwargs, [
+        {"method": "slim", "config": {}, "structure": slim_structure},
+        {"method": "gates", "config": GatesConfig().to_dict(), "structure": structure_of(model)}])
+    save_compressed(tmp_path / "m", cm)
+    loaded = load_compressed(tmp_path / "m").model
+    with torch.no_grad():
+        for b in (1, 2, 5):
+            xb = _x(b, seed=b)
+            assert (loaded(xb) - model(xb)).abs().max() <= 1e-6
+    assert [b.attn.units for b in loaded.blocks] == [2, 1]
+
+
+def test_lowrank_layers_are_rejected_with_a_clear_message():
+    from optimizer.methods.lowrank.module import LowRankLinear
+    model = make_prunable(tiny_vit())
+    model.blocks[0].attn.qkv = LowRankLinear(64, 192, (8, 0))
+    with pytest.raises(VitoptError, match="plain nn.Linear for attn.qkv"):
+        gate_model(model)
