@@ -58,3 +58,12 @@ def test_layer_that_cannot_save_stays_dense():
     # 8x8: in·out/(in+out) = 4, so rank 8 never saves and the layer is not a candidate
     layers = [LayerCost("tiny", 8, 8, 16, 64, torch.zeros(9))]
     assert allocate_ranks(layers, budget=64, multiple=8) == {"tiny": DENSE}
+
+
+def test_sensitivity_weights_are_measured_for_every_candidate():
+    _, structure, report, _, _ = _run(params_ratio=0.7, allocation="sensitivity", probe_images=4)
+    sens = report["sensitivity"]
+    assert len(sens) == 12 and all(v > 0 for v in sens.values())          # 3 blocks x 4 Linears
+    assert abs(sum(sens.values()) / len(sens) - 1.0) < 1e-3                 # normalised to mean 1
+    _, _, report_err, _, _ = _run(params_ratio=0.7, allocation="error")
+    assert report_err["sensitivity"] == {}

@@ -82,6 +82,45 @@ def _layer_costs(model, paths, dense, cfg) -> tuple:
     return layers, total - spent, total, whitenings
 
 
+@torch.no_grad()
+def _sensitivities(model, layers, whitenings, probe, cfg) -> dict:
+    """Per layer: KL(dense ‖ model with only this layer truncated) / that layer's relative error.
+
+    Each layer is truncated to half its largest saving rank on the probe images; the ratio says
+    how much one unit of this layer's output error moves the logits (a layer whose output only
+    matters for tokens the head never reads, e.g. the last MLP on patch tokens, scores low).
+    Normalised to mean 1 and floored at 1 % of the median so no layer is treated as free.
+    """
+    if not probe:
+        return {}
+    from .svd import factors_from_svd
+    x = torch.cat(probe)
+    ref = torch.log_softmax(model(x).double(), -1)
+    raw = {}
+    for L in layers:
+        r = max(cfg.multiple, (L.max_rank(cfg.multiple) // 2) // cfg.multiple * cfg.multiple)
+        if L.max_rank(cfg.multiple) < cfg.multiple or r >= min(L.in_features, L.out_features):
+            continue
+        m = model.get_submodule(L.path)
+        W = m.weight.detach().clone()
+        wh = whitenings[L.path]
+        U, S, Vh = whitened_svd(W, wh)
+        up, down = factors_from_svd(U, S, Vh, wh, 0, r)
+        m.weight.copy_((up @ down).to(W.dtype))
+        try:
+            out = torch.log_softmax(model(x).double(), -1)
+        finally:
+            m.weight.copy_(W)
+        kl = float((ref.exp() * (ref - out)).sum(-1).mean())
+        raw[L.path] = max(kl, 0.0) / max(float(L.errors[r]), 1e-12)
+    if not raw:
+        return {}
+    vals = sorted(raw.values())
+    floor = 0.01 * vals[len(vals) // 2]
+    mean = sum(max(v, floor) for v in vals) / len(vals)
+    return {p: max(v, floor) / mean for p, v in raw.items()} if mean > 0 else {}
+
+
 def _fit_layer(m: nn.Linear, rank: int, cfg: LowRankConfig, wh: Whitening, cc, cd, dd, seed: int) -> tuple:
     """A LowRankLinear of total rank ``rank`` for ``m`` and its per-layer report.
 
@@ -144,9 +183,13 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
     t0 = time.perf_counter()
     paths = candidate_paths(model, cfg)
     dense_params, dense_macs = count_params(model), count_macs(model).macs
-    dense = dense_pass(model, batches, paths, cfg.heldout_every, keep_block_inputs=cfg.sequential)
+    dense = dense_pass(model, batches, paths, cfg.heldout_every, keep_block_inputs=cfg.sequential,
+                       probe_images=cfg.probe_images if cfg.allocation == "sensitivity" else 0)
     t_pass = time.perf_counter() - t0
     layers, fixed, total, whitenings = _layer_costs(model, paths, dense, cfg)
+    sens = _sensitivities(model, layers, whitenings, dense.probe, cfg) if cfg.allocation == "sensitivity" else {}
+    for L in layers:
+        L.errors = L.errors * sens.get(L.path, 1.0)
     budget = cfg.ratio * total - fixed
     ranks = allocate_ranks(layers, budget, cfg.multiple)
     chosen = {p: r for p, r in ranks.items() if r != DENSE}
@@ -191,7 +234,8 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
         "budget": cfg.budget_kind, "target_ratio": cfg.ratio,
         "params_ratio": round(new_params / dense_params, 5), "macs_ratio": round(new_macs / dense_macs, 5),
         "params": new_params, "dense_params": dense_params, "macs": new_macs, "dense_macs": dense_macs,
-        "factorised": len(chosen), "kept_dense": kept,
+        "factorised": len(chosen), "kept_dense": kept, "allocation": cfg.allocation,
+        "sensitivity": {p: round(v, 5) for p, v in sens.items()},
         "calib_images": dense.images, "calib_mode": "sequential" if cfg.sequential else "independent",
         "svd": "activation-aware" if cfg.whiten else "plain",
         "mean_err_held_svd": _mean([i["err_held_svd"] for i in per_layer.values()]),

@@ -60,11 +60,12 @@ class DensePass:
     tokens: dict                                  # path -> tokens per image at that Linear
     block0_inputs: list = field(default_factory=list)   # per batch: (input of blocks[0], held mask)
     images: int = 0
+    probe: list = field(default_factory=list)           # the first fitting images, for sensitivities
 
 
 @torch.no_grad()
 def dense_pass(model: nn.Module, batches: Iterable[torch.Tensor], paths: list, held_every: int,
-               keep_block_inputs: bool) -> DensePass:
+               keep_block_inputs: bool, probe_images: int = 0) -> DensePass:
     """Stream ``batches`` through ``model`` once, accumulating the input Gram of each Linear in ``paths``."""
     mods = {p: model.get_submodule(p) for p in paths}
     res = DensePass({p: Grams() for p in paths}, {})
@@ -98,6 +99,9 @@ def dense_pass(model: nn.Module, batches: Iterable[torch.Tensor], paths: list, h
         for x in batches:
             state["mask"] = held_mask(res.images, x.shape[0], held_every)
             model(x)
+            have = sum(p.shape[0] for p in res.probe)
+            if have < probe_images:
+                res.probe.append(x[~state["mask"]][: probe_images - have].detach().clone())
             res.images += x.shape[0]
     finally:
         for h in handles:

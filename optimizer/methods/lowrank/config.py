@@ -8,6 +8,7 @@ from ...compress.config import MethodConfig, check_positive, check_ratio
 
 LAYER_KINDS = ("qkv", "proj", "fc1", "fc2")
 SOLVERS = ("adam", "closed")
+ALLOCATIONS = ("sensitivity", "error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,10 @@ class LowRankConfig(MethodConfig):
     refine_first      let the compensation fit also update the first (SVD) term
     damp              λ = damp · mean(diag XᵀX) added before the Cholesky (raised ×10 when it fails)
     multiple          ranks are multiples of this (hardware-friendly GEMM shapes)
+    allocation        "sensitivity": weight each layer's error by how much the model's output moves
+                      when that layer alone is truncated (measured on probe_images); "error": plain
+                      sum of per-layer relative output errors
+    probe_images      calibration images used to measure the sensitivities
     layers            which Linears of each block may be factorised
     include_head      also consider the classifier head
     calib_images      calibration images (evenly spaced over the calibration folder)
@@ -47,6 +52,8 @@ class LowRankConfig(MethodConfig):
     refine_first: bool = True
     damp: float = 1e-4
     multiple: int = 8
+    allocation: str = "sensitivity"
+    probe_images: int = 16
     layers: Tuple[str, ...] = LAYER_KINDS
     include_head: bool = False
     calib_images: int = 256
@@ -70,6 +77,9 @@ class LowRankConfig(MethodConfig):
         check_positive("damp", self.damp, allow_zero=True)
         if not isinstance(self.multiple, int) or self.multiple < 1:
             raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        check_positive("probe_images", self.probe_images)
         bad = [k for k in self.layers if k not in LAYER_KINDS]
         if bad or not self.layers and not self.include_head:
             raise ValueError(f"layers must be a non-empty subset of {', '.join(LAYER_KINDS)}, got {list(self.layers)!r}")
