@@ -333,9 +333,63 @@ def test_gates_after_slim_recipe_round_trip(tmp_path):
     assert [b.attn.units for b in loaded.blocks] == [2, 1]
 
 
-def test_lowrank_layers_are_rejected_with_a_clear_message():
+def _lowrank_tiny(seed=0):
+    """Tiny ViT with low-rank layers (two factor pairs) where the lowrank step puts them."""
     from optimizer.methods.lowrank.module import LowRankLinear
+    model = make_prunable(tiny_vit(seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    for bi, name in ((0, "attn.qkv"), (0, "attn.proj"), (0, "mlp.fc1"), (0, "mlp.fc2"), (1, "mlp.fc1")):
+        parent, attr = name.split(".")
+        old = getattr(getattr(model.blocks[bi], parent), attr)
+        lr = LowRankLinear(old.in_features, old.out_features, (8, 4), bias=True)
+        with torch.no_grad():
+            for p in lr.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        setattr(getattr(model.blocks[bi], parent), attr, lr)
+    return model.eval()
+
+
+def test_gates_after_lowrank_equivalences_static_prune_and_rebuild():
+    base = _lowrank_tiny()
+    x = _x(4)
+    with torch.no_grad():
+        ref = base(x)
+    dense_macs = count_macs(base, x).macs
+    model = gate_model(copy.deepcopy(base), group_size=16, gate_hidden=8)
+    set_forced_gates(model, "on")
+    with torch.no_grad():
+        assert (model(x) - ref).abs().max() <= 1e-5
+    assert count_macs(model, x).macs == dense_macs        # low-rank MACs counted through the rank
+    set_forced_gates(model, None)
+    _randomise_gates(model, seed=6)
+    with torch.no_grad():   # gathered (eval) path == masked dense (training) path, per group
+        model.train()
+        set_group_sizes(model, [2, 1, 1])
+        grouped = model(x)
+        set_group_sizes(model, None)
+        model.eval()
+        for lo, hi in ((0, 2), (2, 3), (3, 4)):
+            assert (grouped[lo:hi] - model(x[lo:hi])).abs().max() <= 1e-4
+    for b in model.blocks:
+        for g in (b.attn, b.mlp):
+            g._on_freq_max = [0.0] + [0.5] * (g.dynamic_units - 1)
+            g._on_freq_min = [0.0, 1.0] + [0.0] * (g.dynamic_units - 2)
+            g._on_freq_mean = g._on_freq_max
+    static_prune(model, 0.01, 0.99)
+    assert type(model.blocks[0].mlp.fc1).__name__ == "LowRankLinear"
+    structure = structure_of(model)
+    assert structure["blocks"][0]["attn"]["qkv"] == {"ranks": [8, 4]}
+    assert structure["blocks"][1]["mlp"]["fc2"] is None
+    rebuilt = rebuild_gated(tiny_vit(seed=3), structure)
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    rebuilt.eval()
+    with torch.no_grad():
+        for b in (1, 3):
+            assert (rebuilt(x[:b]) - model(x[:b])).abs().max() <= 1e-6
+
+
+def test_unsupported_layers_are_rejected_with_a_clear_message():
     model = make_prunable(tiny_vit())
-    model.blocks[0].attn.qkv = LowRankLinear(64, 192, (8, 0))
-    with pytest.raises(VitoptError, match="plain nn.Linear for attn.qkv"):
+    model.blocks[0].attn.qkv = torch.nn.Identity()
+    with pytest.raises(VitoptError, match="nn.Linear or a low-rank LowRankLinear for attn.qkv"):
         gate_model(model)

@@ -11,7 +11,8 @@ Structure (one entry per block, JSON)::
                 ...]}
 
 ``kept_heads`` / ``kept_channels`` list, in the new order, the indices in the block that entered
-the gates step (informational; rebuild does not need them).
+the gates step (informational; rebuild does not need them). ``qkv``/``proj``/``fc1``/``fc2`` are
+null for nn.Linear or ``{"ranks": [r1, r2]}`` when the step followed ``lowrank``.
 """
 from __future__ import annotations
 
@@ -22,14 +23,30 @@ import torch.nn as nn
 
 from ...errors import VitoptError
 from ...models.blocks import PrunedAttention, PrunedBlock, make_prunable
-from .modules import GatedAttention, GatedMlp, gated_modules
+from .modules import GatedAttention, GatedMlp, _is_lowrank, gated_modules
 
 
-def _linear(m: nn.Module, what: str) -> nn.Linear:
-    if not isinstance(m, nn.Linear):
-        raise VitoptError(f"gates need a plain nn.Linear for {what}, found {type(m).__name__} "
-                          "(apply gates before factorising the linears, or to a model without low-rank layers)")
+def _linear(m: nn.Module, what: str) -> nn.Module:
+    if not isinstance(m, nn.Linear) and not _is_lowrank(m):
+        raise VitoptError(f"gates need an nn.Linear or a low-rank LowRankLinear for {what}, "
+                          f"found {type(m).__name__}")
     return m
+
+
+def _device(m: nn.Module) -> torch.device:
+    return next(m.parameters()).device
+
+
+def _linear_spec(m: nn.Module) -> Optional[dict]:
+    """None for nn.Linear; {"ranks": [r1, r2]} for a low-rank layer (rebuild recreates it)."""
+    return {"ranks": [int(r) for r in m.ranks]} if _is_lowrank(m) else None
+
+
+def _make_linear(in_f: int, out_f: int, bias: bool, spec: Optional[dict]) -> nn.Module:
+    if spec is None:
+        return nn.Linear(in_f, out_f, bias=bias)
+    from ..lowrank.module import LowRankLinear
+    return LowRankLinear(in_f, out_f, tuple(spec["ranks"]), bias=bias)
 
 
 def _check_mlp(mlp: nn.Module, i: int) -> None:
@@ -52,7 +69,7 @@ def gate_attention(attn: PrunedAttention, gate_hidden: int, threshold: float, in
                        gate_hidden=gate_hidden, threshold=threshold, init_logit=init_logit)
     g.qkv, g.proj = qkv, proj
     g.kept = list(range(H))
-    return g.to(qkv.weight.device)
+    return g.to(_device(qkv))
 
 
 def gate_mlp(mlp: nn.Module, group_size: int, gate_hidden: int, threshold: float, init_logit: float) -> GatedMlp:
@@ -70,10 +87,34 @@ def gate_mlp(mlp: nn.Module, group_size: int, gate_hidden: int, threshold: float
         idx = torch.as_tensor(order, dtype=torch.long)
         g.fc1 = _sliced_linear(fc1, rows=idx)
         g.fc2 = _sliced_linear(fc2, cols=idx)
-    return g.to(fc1.weight.device)
+    return g.to(_device(fc1))
 
 
-def _sliced_linear(lin: nn.Linear, rows: Optional[torch.Tensor] = None, cols: Optional[torch.Tensor] = None) -> nn.Linear:
+def _sliced_linear(lin: nn.Module, rows: Optional[torch.Tensor] = None,
+                   cols: Optional[torch.Tensor] = None) -> nn.Module:
+    """A copy of ``lin`` keeping output ``rows`` and input ``cols`` (low-rank: rows of ``up``, cols of ``down``)."""
+    if _is_lowrank(lin):
+        from ..lowrank.module import LowRankLinear
+        r1, r2 = lin.ranks
+        ups = [lin.up1.detach()] + ([lin.up2.detach()] if r2 else [])
+        downs = [lin.down1.detach()] + ([lin.down2.detach()] if r2 else [])
+        b = None if lin.bias is None else lin.bias.detach()
+        if rows is not None:
+            ups = [u[rows.to(u.device)] for u in ups]
+            b = None if b is None else b[rows.to(b.device)]
+        if cols is not None:
+            downs = [d[:, cols.to(d.device)] for d in downs]
+        out_f, in_f = ups[0].shape[0], downs[0].shape[1]
+        if r1 + r2 > min(in_f, out_f):   # pruned below its rank: the dense product is smaller
+            dense = nn.Linear(in_f, out_f, bias=b is not None).to(ups[0].device)
+            with torch.no_grad():
+                dense.weight.copy_(sum(u @ d for u, d in zip(ups, downs)))
+                if b is not None:
+                    dense.bias.copy_(b)
+            return dense
+        new = LowRankLinear(in_f, out_f, (r1, r2), bias=b is not None).to(ups[0].device)
+        new.set_factors(ups[0], downs[0], *(ups[1:] + downs[1:]), bias=b)
+        return new
     w = lin.weight.detach()
     b = None if lin.bias is None else lin.bias.detach()
     if rows is not None:
@@ -135,7 +176,7 @@ def prune_attention(g: GatedAttention, always: list, never: list) -> GatedAttent
     new.proj = _sliced_linear(g.proj, cols=cols)
     _carry_gate(g, new, dyn)
     new.kept = [g.kept[i] for i in order]
-    return new.to(g.qkv.weight.device)
+    return new.to(_device(g.qkv))
 
 
 def prune_mlp(g: GatedMlp, always: list, never: list) -> GatedMlp:
@@ -152,7 +193,7 @@ def prune_mlp(g: GatedMlp, always: list, never: list) -> GatedMlp:
     new.fc2 = _sliced_linear(g.fc2, cols=idx)
     _carry_gate(g, new, dyn)
     new.kept = [g.kept[i] for i in order]
-    return new.to(g.fc1.weight.device)
+    return new.to(_device(g.fc1))
 
 
 def _carry_gate(old, new, dyn: list) -> None:
@@ -202,19 +243,20 @@ def structure_of(model: nn.Module) -> dict:
             "attn": {"static_heads": a.static_units, "dynamic_heads": a.dynamic_units, "head_dim": a.head_dim,
                      "scale": a.scale, "qkv_bias": a.qkv.bias is not None, "proj_bias": a.proj.bias is not None,
                      "gate_hidden": a.gate_hidden, "threshold": a.threshold, "mean_active": a.mean_active,
-                     "kept_heads": list(getattr(a, "kept", []))},
+                     "kept_heads": list(getattr(a, "kept", [])),
+                     "qkv": _linear_spec(a.qkv), "proj": _linear_spec(a.proj)},
             "mlp": {"static_channels": m.static_channels, "dynamic_groups": m.dynamic_units,
                     "group_size": m.group_size, "bias": m.fc1.bias is not None, "gate_hidden": m.gate_hidden,
                     "threshold": m.threshold, "mean_active": m.mean_active,
-                    "kept_channels": list(getattr(m, "kept", []))},
+                    "kept_channels": list(getattr(m, "kept", [])),
+                    "fc1": _linear_spec(m.fc1), "fc2": _linear_spec(m.fc2)},
         })
     return {"blocks": blocks}
 
 
 _ATTN_KEYS = {"static_heads", "dynamic_heads", "head_dim", "scale", "qkv_bias", "proj_bias", "gate_hidden",
-              "threshold", "mean_active", "kept_heads"}
-_MLP_KEYS = {"static_channels", "dynamic_groups", "group_size", "bias", "gate_hidden", "threshold",
-             "mean_active", "kept_channels"}
+              "threshold"}
+_MLP_KEYS = {"static_channels", "dynamic_groups", "group_size", "bias", "gate_hidden", "threshold"}
 
 
 def rebuild_gated(model: nn.Module, structure: dict) -> nn.Module:
@@ -228,7 +270,7 @@ def rebuild_gated(model: nn.Module, structure: dict) -> nn.Module:
     for i, (blk, s) in enumerate(zip(model.blocks, blocks)):
         try:
             a, m = s["attn"], s["mlp"]
-            missing = (_ATTN_KEYS - {"kept_heads", "mean_active"} - set(a)) | (_MLP_KEYS - {"kept_channels", "mean_active"} - set(m))
+            missing = (_ATTN_KEYS - set(a)) | (_MLP_KEYS - set(m))
             if missing:
                 raise KeyError(", ".join(sorted(missing)))
         except (KeyError, TypeError) as e:
@@ -238,10 +280,15 @@ def rebuild_gated(model: nn.Module, structure: dict) -> nn.Module:
                             qkv_bias=bool(a["qkv_bias"]), proj_bias=bool(a["proj_bias"]),
                             gate_hidden=int(a["gate_hidden"]), threshold=float(a["threshold"]))
         ga.mean_active, ga.kept = a.get("mean_active"), list(a.get("kept_heads") or [])
+        H, hd = ga.units, ga.head_dim
+        ga.qkv = _make_linear(dim, 3 * H * hd, bool(a["qkv_bias"]), a.get("qkv"))
+        ga.proj = _make_linear(H * hd, dim, bool(a["proj_bias"]), a.get("proj"))
         act = getattr(blk.mlp, "act", None)
         gm = GatedMlp(dim, int(m["static_channels"]), int(m["dynamic_groups"]), int(m["group_size"]), act=act,
                       bias=bool(m["bias"]), gate_hidden=int(m["gate_hidden"]), threshold=float(m["threshold"]))
         gm.mean_active, gm.kept = m.get("mean_active"), list(m.get("kept_channels") or [])
+        gm.fc1 = _make_linear(dim, gm.hidden, bool(m["bias"]), m.get("fc1"))
+        gm.fc2 = _make_linear(gm.hidden, dim, bool(m["bias"]), m.get("fc2"))
         blk.attn, blk.mlp = ga, gm
     return model
 

@@ -102,6 +102,44 @@ class GateNet(nn.Module):
         self.units = len(idx)
 
 
+def _is_lowrank(lin: nn.Module) -> bool:
+    return hasattr(lin, "down1") and hasattr(lin, "up1")
+
+
+def row_parts(lin: nn.Module) -> tuple:
+    """(pre, W, bias) with ``lin(x) == F.linear(pre(x), W, bias)``; rows of W are output units.
+
+    nn.Linear: pre = None, W = weight. Low-rank ``up·down`` (both factor pairs concatenated):
+    pre = down (r × in), W = up (out × r): gathering output units gathers rows of ``up`` only.
+    """
+    if _is_lowrank(lin):
+        if lin.down2 is None:
+            return lin.down1, lin.up1, lin.bias
+        return torch.cat([lin.down1, lin.down2]), torch.cat([lin.up1, lin.up2], 1), lin.bias
+    return None, lin.weight, lin.bias
+
+
+def col_parts(lin: nn.Module) -> tuple:
+    """(Wt, post, bias) with ``lin(h) == F.linear(h @ Wt, post, bias)`` (post None: ``h @ Wt + bias``);
+    rows of Wt are input units."""
+    if _is_lowrank(lin):
+        pre, up, bias = row_parts(lin)
+        return pre.t(), up, bias
+    return lin.weight.t(), None, lin.bias
+
+
+def _width(lin: nn.Module, side: str) -> int:
+    """Inner width of the gathered matrix: the rank for low-rank layers, else the other dimension."""
+    if _is_lowrank(lin):
+        return lin.rank
+    return lin.in_features if side == "rows" else lin.out_features
+
+
+def _run(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's forward without its module hooks (the gated module counts its own MACs)."""
+    return lin.forward(x)
+
+
 class _Gated(nn.Module):
     """Shared gate logic: decisions, forced patterns, recording, training masks."""
 
@@ -229,41 +267,51 @@ class GatedAttention(_Gated):
         if self.training and self.dynamic_units:
             mask = torch.cat([torch.ones(B, self.static_units, device=x.device, dtype=x.dtype),
                               self._train_mask(x).to(x.dtype)], dim=1)          # (B, H)
-            qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+            qkv = _run(self.qkv, x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
             o = o * mask[:, :, None, None]
             o = o.transpose(1, 2).reshape(B, N, H * hd)
             fixed, per_unit = self._unit_costs(x)
             self.train_macs = fixed + per_unit * mask[:, self.static_units:].sum(1)
-            return F.linear(o, self.proj.weight, self.proj.bias)
+            return _run(self.proj, o)
         idx = self._all_index(self._eval_index(x), x.device)
-        wqkv = self.qkv.weight.reshape(3, H, hd, D).index_select(1, idx).reshape(-1, D)
-        bqkv = None if self.qkv.bias is None else self.qkv.bias.reshape(3, H, hd).index_select(1, idx).reshape(-1)
-        qkv = F.linear(x, wqkv, bqkv).reshape(B, N, 3, -1, hd).permute(2, 0, 3, 1, 4)
+        pre, w, b = row_parts(self.qkv)
+        r = w.shape[1]
+        wqkv = w.reshape(3, H, hd, r).index_select(1, idx).reshape(-1, r)
+        bqkv = None if b is None else b.reshape(3, H, hd).index_select(1, idx).reshape(-1)
+        qkv = F.linear(x if pre is None else F.linear(x, pre), wqkv, bqkv)
+        qkv = qkv.reshape(B, N, 3, -1, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, -1)
-        wproj = self.proj.weight.t().reshape(H, hd, D).index_select(0, idx).reshape(-1, D)
-        out = torch.matmul(o, wproj)
-        return out if self.proj.bias is None else out + self.proj.bias
+        wt, post, b = col_parts(self.proj)
+        r = wt.shape[1]
+        out = torch.matmul(o, wt.reshape(H, hd, r).index_select(0, idx).reshape(-1, r))
+        if post is not None:
+            out = F.linear(out, post)
+        return out if b is None else out + b
 
     @torch.no_grad()
     def unit_importance(self, x: torch.Tensor) -> torch.Tensor:
         """Mean norm of each dynamic head's contribution to the output on ``x`` (dense computation)."""
         B, N, D = x.shape
         H, hd = self.units, self.head_dim
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+        qkv = _run(self.qkv, x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         o = F.scaled_dot_product_attention(q, k, v, scale=self.scale)                  # (B, H, N, hd)
-        w = self.proj.weight.reshape(D, H, hd).permute(1, 2, 0)                          # (H, hd, D)
+        wt, post, _ = col_parts(self.proj)
+        w = wt if post is None else wt @ post.t()                                        # (H*hd, D)
+        w = w.reshape(H, hd, D)
         contrib = torch.einsum("bhnd,hde->bhne", o, w).norm(dim=-1).mean(dim=(0, 2))     # (H,)
         return contrib[self.static_units:]
 
     def _unit_costs(self, x):
         N, D, hd = x.shape[1], self.dim, self.head_dim
-        per_head = 3 * N * D * hd + 2 * N * N * hd + N * hd * D
-        return per_head * self.static_units, per_head
+        kq, kp = _width(self.qkv, "rows"), _width(self.proj, "cols")
+        per_head = 3 * N * kq * hd + 2 * N * N * hd + N * hd * kp
+        outer = (N * D * kq if _is_lowrank(self.qkv) else 0) + (N * kp * D if _is_lowrank(self.proj) else 0)
+        return per_head * self.static_units + outer, per_head
 
     def vitopt_macs(self, inputs, output) -> int:
         """Executed q/k/v, attention and projection MACs for the heads that ran (batch total)."""
@@ -305,39 +353,45 @@ class GatedMlp(_Gated):
             gm = self._train_mask(x).to(x.dtype)                                    # (B, groups)
             mask = torch.cat([torch.ones(B, self.static_channels, device=x.device, dtype=x.dtype),
                               gm.repeat_interleave(self.group_size, dim=1)], dim=1)  # (B, C)
-            h = self.act(F.linear(x, self.fc1.weight, self.fc1.bias)) * mask[:, None, :]
+            h = self.act(_run(self.fc1, x)) * mask[:, None, :]
             fixed, per_unit = self._unit_costs(x)
             self.train_macs = fixed + per_unit * gm.sum(1)
-            return F.linear(h, self.fc2.weight, self.fc2.bias)
+            return _run(self.fc2, h)
         if not self.dynamic_units:
-            h = self.act(F.linear(x, self.fc1.weight, self.fc1.bias))
-            return F.linear(h, self.fc2.weight, self.fc2.bias)
+            return _run(self.fc2, self.act(_run(self.fc1, x)))
         idx = self._eval_index(x)
         G, S, Cs = self.dynamic_units, self.group_size, self.static_channels
-        w1 = self.fc1.weight[Cs:].reshape(G, S, D).index_select(0, idx).reshape(-1, D)
-        w2 = self.fc2.weight.t()[Cs:].reshape(G, S, D).index_select(0, idx).reshape(-1, D)
-        b1 = None
-        if self.fc1.bias is not None:
-            b1 = self.fc1.bias[Cs:].reshape(G, S).index_select(0, idx).reshape(-1)
+        pre, w1f, b1f = row_parts(self.fc1)
+        w2f, post, b2 = col_parts(self.fc2)
+        r1, r2 = w1f.shape[1], w2f.shape[1]
+        w1 = w1f[Cs:].reshape(G, S, r1).index_select(0, idx).reshape(-1, r1)
+        w2 = w2f[Cs:].reshape(G, S, r2).index_select(0, idx).reshape(-1, r2)
+        b1 = None if b1f is None else b1f[Cs:].reshape(G, S).index_select(0, idx).reshape(-1)
         if Cs:
-            w1 = torch.cat([self.fc1.weight[:Cs], w1])
-            w2 = torch.cat([self.fc2.weight.t()[:Cs], w2])
-            b1 = None if b1 is None else torch.cat([self.fc1.bias[:Cs], b1])
-        h = self.act(F.linear(x, w1, b1))
+            w1 = torch.cat([w1f[:Cs], w1])
+            w2 = torch.cat([w2f[:Cs], w2])
+            b1 = None if b1 is None else torch.cat([b1f[:Cs], b1])
+        h = self.act(F.linear(x if pre is None else F.linear(x, pre), w1, b1))
         out = torch.matmul(h, w2)
-        return out if self.fc2.bias is None else out + self.fc2.bias
+        if post is not None:
+            out = F.linear(out, post)
+        return out if b2 is None else out + b2
 
     @torch.no_grad()
     def unit_importance(self, x: torch.Tensor) -> torch.Tensor:
         """Per dynamic group: sum over its channels of mean |activation| x ||fc2 column||."""
-        h = self.act(F.linear(x, self.fc1.weight, self.fc1.bias))
-        imp = h.abs().mean(dim=(0, 1)) * self.fc2.weight.norm(dim=0)
+        h = self.act(_run(self.fc1, x))
+        wt, post, _ = col_parts(self.fc2)
+        w = wt if post is None else wt @ post.t()                                        # (C, D)
+        imp = h.abs().mean(dim=(0, 1)) * w.norm(dim=1)
         return imp[self.static_channels:].reshape(self.dynamic_units, self.group_size).sum(1)
 
     def _unit_costs(self, x):
         N, D = x.shape[1], self.dim
-        per_channel = 2 * N * D
-        return per_channel * self.static_channels, per_channel * self.group_size
+        k1, k2 = _width(self.fc1, "rows"), _width(self.fc2, "cols")
+        per_channel = N * k1 + N * k2
+        outer = (N * D * k1 if _is_lowrank(self.fc1) else 0) + (N * k2 * D if _is_lowrank(self.fc2) else 0)
+        return per_channel * self.static_channels + outer, per_channel * self.group_size
 
     def vitopt_macs(self, inputs, output) -> int:
         """Executed fc1 and fc2 MACs for the channels that ran (batch total)."""
