@@ -393,3 +393,18 @@ def test_unsupported_layers_are_rejected_with_a_clear_message():
     model.blocks[0].attn.qkv = torch.nn.Identity()
     with pytest.raises(VitoptError, match="nn.Linear or a low-rank LowRankLinear for attn.qkv"):
         gate_model(model)
+
+
+@pytest.mark.trt
+@pytest.mark.parametrize("fixed_k", [False, True])
+def test_tensorrt_rtx_builds_the_gated_graph(tmp_path, fixed_k):
+    """TopK with a data-dependent K (no NonZero) parses and builds in TensorRT for RTX."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install tensorrt_rtx)")
+    from optimizer.methods.gates.export import onnx_from_gated, trt_rtx_build
+    _, model = _gated(group_size=16)
+    _randomise_gates(model)
+    path = tmp_path / "gated.onnx"
+    onnx_from_gated(model, path, fixed_k=fixed_k)
+    res = trt_rtx_build(path, batch_sizes=(1, 8, 32))
+    assert res["parsed"] and res["built"], res["errors"]
+    assert res["engine_bytes"] > 0
