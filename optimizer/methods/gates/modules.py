@@ -233,10 +233,6 @@ class _Gated(nn.Module):
         """(MACs per image of the always-run part, MACs per image of one dynamic unit)."""
         raise NotImplementedError
 
-    def _dense_macs(self, x: torch.Tensor) -> float:
-        fixed, per_unit = self._unit_costs(x)
-        return fixed + per_unit * self.dynamic_units
-
 
 class GatedAttention(_Gated):
     """Multi-head attention whose heads are static or gated; param names equal timm's (qkv, proj)."""
