@@ -65,7 +65,7 @@ def _cpu() -> float:
 
 
 def dense_model(args):
-    return load_model(ARCH, args.weights).model.eval()
+    return load_model(args.arch, args.weights or None).model.eval()
 
 
 def ctx_of(args, work_dir=None, teacher=None):
@@ -158,6 +158,19 @@ def stage_probe(args, work: Path, state: dict) -> None:
     state["probe"] = out
 
 
+def chosen_ranking(args, state: dict) -> str:
+    """``--ranking``, or with "auto" the ranking with the higher mean pre-recovery agreement (learned)."""
+    if args.ranking != "auto":
+        return args.ranking
+    rows = [r for r in state.get("probe", []) if r["importance"] == "learned" and "agreement" in r]
+    if not rows:
+        raise SystemExit("--ranking auto needs the probe stage first")
+    mean = {k: sum(r["agreement"] for r in rows if r["ranking"] == k) / max(1, sum(r["ranking"] == k for r in rows))
+            for k in ("global", "per_type")}
+    state["ranking_choice"] = {"mean_probe_agreement": mean, "chosen": max(mean, key=mean.get)}
+    return state["ranking_choice"]["chosen"]
+
+
 def variants(args) -> list:
     return [(b, kind) for b in args.budgets for kind in ("learned", args.baseline)]
 
@@ -174,14 +187,15 @@ def stage_compress(args, work: Path, state: dict) -> None:
         if name in comp and (work / "models" / name / "recipe.json").is_file():
             continue
         model, res = importance_model(kind, work, args)
-        cfg = SlimConfig(macs_ratio=budget, ranking=args.ranking, importance=kind, recovery=args.recovery,
+        cfg = SlimConfig(macs_ratio=budget, ranking=chosen_ranking(args, state), importance=kind,
+                         recovery=args.recovery,
                          recovery_epochs=args.recovery_epochs, recovery_lr=args.recovery_lr,
                          recovery_batch_size=args.batch_size, epochs=args.search_epochs, batch_size=args.batch_size)
         with Clock() as c_slice:
             model, structure, rep = slim_from_importance(model, res, cfg)
         with Clock() as c_rec:
             rep["recovery"] = recover_model(model, dense, ctx_of(args, teacher=dense), cfg)
-        cm = CompressedModel(model, ARCH, {}, [{"method": "slim", "config": cfg.to_dict(), "structure": structure,
+        cm = CompressedModel(model, args.arch, {}, [{"method": "slim", "config": cfg.to_dict(), "structure": structure,
                                                 "report": rep}], "checkpoint")
         save_compressed(work / "models" / name, cm)
         comp[name] = {"budget": budget, "importance": kind, "macs_ratio": rep["macs_ratio"],
@@ -263,7 +277,8 @@ def stage_report(args, work: Path, state: dict) -> None:
              f"{args.batches}).", "",
              f"Search: one learned search ({state['search_report']['steps']} steps of {args.batch_size} images, "
              f"frozen weights, {_f(state['compute']['search']['wall_s'] / 60, 1)} min wall); baseline = "
-             f"{args.baseline} importance ({args.baseline_batches} batches). Ranking: {args.ranking}. "
+             f"{args.baseline} importance ({args.baseline_batches} batches). Ranking: {chosen_ranking(args, state)} "
+             f"(--ranking {args.ranking}). "
              f"Recovery: {args.recovery}, {args.recovery_epochs} epoch(s) on {args.train}.", "",
              "| model | params M | GMACs | MACs ratio | top-1 | dense top-1 | Δ top-1 | agreement | "
              + " | ".join(f"speedup b{b} (ideal)" for b in args.batches)
@@ -311,8 +326,11 @@ def stage_report(args, work: Path, state: dict) -> None:
         w = state["compress"][name]["widths"]
         lines.append(f"- {name}: " + ", ".join(f"{b['heads']}x{b['head_dim']}/{b['mlp']}/{b['tokens']}" for b in w))
     env = state["environment"]
-    lines += ["", f"Machine: {env.get('cpu')} ({env.get('cpu_count')} cores), torch {env.get('torch')}, "
-              f"onnxruntime {env.get('packages', {}).get('onnxruntime', env.get('onnxruntime', '?'))}.",
+    v = env.get("versions", {})
+    lines += ["", f"Machine: {env.get('cpu')} ({env.get('physical_cores')} physical cores, no GPU), "
+              f"torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, timm {v.get('timm')}, "
+              f"tensorrt_rtx {v.get('tensorrt_rtx')}; load average at report time {env.get('load_avg_1m')} "
+              "(the machine is shared; heavy stages ran under a lock).",
               f"Command: `{state['command']}`", ""]
     out = Path(args.out)
     write_json(out / "slim_deit_tiny.json", state)
@@ -323,6 +341,7 @@ def stage_report(args, work: Path, state: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     shared = ROOT.parent / "shared"
+    p.add_argument("--arch", default=ARCH, help="timm name (smoke runs: test_vit with --weights '')")
     p.add_argument("--weights", default=str(shared / "weights" / "deit_tiny_patch16_224.pth"))
     p.add_argument("--train", default=str(shared / "data" / "imagenet-mini" / "train"))
     p.add_argument("--val", default=str(shared / "data" / "imagenet-mini" / "val"))
@@ -330,7 +349,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--budgets", default="0.5,0.6,0.75")
     p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--ranking", default="global", choices=["global", "per_type"])
+    p.add_argument("--ranking", default="auto", choices=["auto", "global", "per_type"],
+                   help="auto: the ranking whose learned models agree most with dense in the probe")
     p.add_argument("--baseline", default="taylor", choices=["taylor", "magnitude"])
     p.add_argument("--search-epochs", type=float, default=1.0)
     p.add_argument("--recovery", default="auto")
