@@ -153,7 +153,7 @@ def benchmark(runner, batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 10,
     Example: ``to_markdown(benchmark(OrtRunner("m.onnx"), (1, 8), iters=20))``
     """
     batches = _check_batches(batch_sizes)
-    if warmup < 0 or iters < 1 or min_time_s < 0:
+    if warmup < 0 or iters < 1 or not (0 <= min_time_s < float("inf")):
         raise VitoptError(f"need warmup >= 0, iters >= 1, min_time_s >= 0; got {warmup}, {iters}, {min_time_s}")
     rss_start = rss_bytes()
     rows = []

@@ -98,8 +98,8 @@ def _validate(args):
         min_time = float(args.min_time)
     except ValueError:
         raise VitoptError(f"--min-time must be a number of seconds, got {args.min_time!r}") from None
-    if not min_time >= 0:
-        raise VitoptError(f"--min-time must be >= 0, got {args.min_time}")
+    if not (0 <= min_time < float("inf")):
+        raise VitoptError(f"--min-time must be a finite number >= 0, got {args.min_time}")
     threads = positive_int(args.threads, "--threads") if args.threads is not None else None
     _check_output(args.json, "--json")
     _check_output(args.markdown, "--markdown")

@@ -69,7 +69,8 @@ def test_benchmark_peak_memory_sees_an_allocation():
 
 def test_benchmark_rejects_bad_arguments():
     r = SleepRunner(0.1)
-    for kw in ({"batch_sizes": [0]}, {"batch_sizes": []}, {"batch_sizes": [1.5]}, {"iters": 0}, {"warmup": -1}):
+    for kw in ({"batch_sizes": [0]}, {"batch_sizes": []}, {"batch_sizes": [1.5]}, {"iters": 0}, {"warmup": -1},
+               {"min_time_s": float("inf")}):
         with pytest.raises(VitoptError):
             benchmark(r, **kw)
 

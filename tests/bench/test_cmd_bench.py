@@ -69,6 +69,8 @@ def test_bench_model_dir_torch_and_exported_ort(tmp_path, capsys):
     (["{onnx}", "--backend", "torch"], "backend torch needs a timm model name"),
     (["{onnx}", "--iters", "0"], "--iters must be positive"),
     (["{onnx}", "--warmup", "-1"], "--warmup must be a non-negative integer"),
+    (["{onnx}", "--min-time", "inf"], "--min-time must be a finite number"),
+    (["{onnx}", "--threads", "0"], "--threads must be positive"),
     (["{corrupt}"], "cannot load ONNX model"),
     (["{engine}", "--backend", "onnxruntime"], "cannot run the TensorRT engine"),
     (["no_such_model_xyz"], "unknown model 'no_such_model_xyz'"),
