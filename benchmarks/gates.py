@@ -253,6 +253,20 @@ def report(out_dir: Path) -> str:
             lines.append(f"| {k} | {r['parsed']} | {r['built']} | {r['engine_bytes']} | {r['seconds']} | "
                          f"{'; '.join(r['errors'])[:200] or '-'} |")
         lines.append("")
+    lines += ["## Notes", "",
+              "- One gate decision per group = per inference batch: a sample's output depends on the other "
+              "samples of its batch (the gate input is pooled over the group), never on their order.",
+              "- Val order is one fixed shuffle (seed 0) so groups mix classes; batch b uses consecutive "
+              "groups of b images of that order.",
+              "- Executed MACs are measured by `optimizer.counting.count_macs` on every evaluated batch "
+              "(mean per image); the ratio is against the dense DeiT-Tiny (1.258 GMACs).",
+              "- Memory bound = parameters of the deployed model (gate nets included): everything that can "
+              "ever run after static pruning (never-on units removed, always-on units without gates).",
+              "- Export: both torch.onnx exporters (TorchScript and dynamo) emit ReduceSum(Greater(scores)) → "
+              "TopK(K) → Gather(weights) → MatMul with no NonZero; ONNX Runtime runs it and TensorRT for RTX "
+              "parses and builds it (data-dependent K and fixed K). Full TensorRT is not installed here "
+              "(no GPU), so only the RTX builder was tried.",
+              ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,33 @@
+"""A ``gates`` step in a ``vitopt run`` recipe, after ``lowrank``, followed by export (+ clean-up, fp16) and build."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_recipe_lowrank_then_gates_then_export(tmp_path, image_folder):
+    pytest.importorskip("onnxruntime")
+    from optimizer.pipeline.recipe import load_recipe
+    from optimizer.pipeline.run import run_recipe
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+model: vit_tiny_patch16_224
+model_kwargs: {{depth: 2, embed_dim: 64, num_heads: 4, img_size: 32, patch_size: 8, num_classes: 5}}
+calib: {image_folder}
+data: {image_folder}
+workers: 0
+steps:
+  - lowrank: {{params: 0.8}}
+  - gates: {{macs: 0.6, steps: 2, batch_size: 2, group_size: 16, gate_hidden: 8, calib_groups: [1, 2], augment: false}}
+  - export: {{opset: 18, parity_images: 4, atol: 1.0e-4}}
+""")
+    manifest = run_recipe(load_recipe(recipe), tmp_path / "out")
+    steps = {s["step"]: s["result"] for s in manifest["steps"]}
+    assert steps["export"]["parity"]["passed"]
+    saved = json.loads((tmp_path / "out" / "compressed" / "recipe.json").read_text())
+    assert [st["method"] for st in saved["steps"]] == ["lowrank", "gates"]
+    gates = saved["steps"][1]["structure"]["blocks"]
+    specs = [blk[part][lin] for blk in gates for part, lin in
+             (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))]
+    assert any(s is not None and "ranks" in s for s in specs)   # gated modules hold low-rank layers
