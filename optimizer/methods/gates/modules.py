@@ -271,6 +271,11 @@ class GatedAttention(_Gated):
             fixed, per_unit = self._unit_costs(x)
             self.train_macs = fixed + per_unit * mask[:, self.static_units:].sum(1)
             return _run(self.proj, o)
+        if not self.dynamic_units:      # every head static: the plain attention, no gather
+            qkv = _run(self.qkv, x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
+            return _run(self.proj, o.transpose(1, 2).reshape(B, N, H * hd))
         idx = self._all_index(self._eval_index(x), x.device)
         pre, w, b = row_parts(self.qkv)
         r = w.shape[1]
