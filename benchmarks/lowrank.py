@@ -2,7 +2,8 @@
 
 Per parameter ratio (params(compressed)/params(dense), whole model counted) and arm:
   plain     plain SVD of each weight (same mixed-rank allocation, no whitening, no compensation)
-  asvd      activation-aware (whitened) SVD, sequential calibration
+  asvd_ind  activation-aware (whitened) SVD, every layer calibrated on dense activations (one pass)
+  asvd      activation-aware SVD, sequential calibration (block i on the factorised prefix's outputs)
   asvd_ec   asvd + the error-compensation term fitted by Adam (the full method)
   asvd_ec_ft  asvd_ec + distillation fine-tuning from the dense teacher (optimizer.distill.recover)
 measured on the val images against the dense model on the same images: top-1, top-1 agreement,
@@ -41,6 +42,7 @@ ARCH = "deit_tiny_patch16_224"
 STAGES = ("compress", "finetune", "eval", "latency", "engine", "report")
 ARMS = {
     "plain": dict(whiten=False, sequential=False, comp_steps=0),
+    "asvd_ind": dict(whiten=True, sequential=False, comp_steps=0),
     "asvd": dict(whiten=True, sequential=True, comp_steps=0),
     "asvd_ec": dict(whiten=True, sequential=True),
 }
@@ -71,7 +73,7 @@ def cfg_of(args, ratio, arm) -> LowRankConfig:
 def stage_compress(args, work, state):
     dense = dense_model(args)
     for ratio in args.ratios:
-        for arm in ARMS:
+        for arm in args.arms:
             name = name_of(ratio, arm)
             if name in state.setdefault("compress", {}) and (work / "models" / name).is_dir():
                 continue
@@ -195,7 +197,8 @@ def stage_report(args, work, state):
              "| target | arm | params ratio | MACs ratio | top-1 % | Δ top-1 vs dense | agreement % | mean KL | "
              "mean held-out layer err | calib s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for ratio in args.ratios:
+    ratios = sorted({int(n[1:3]) / 100 for n in ev})
+    for ratio in ratios:
         for arm in list(ARMS) + ["asvd_ec_ft"]:
             name = name_of(ratio, arm)
             e = ev.get(name)
@@ -254,6 +257,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(ROOT / "build" / "lowrank_bench"))
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--ratios", default="0.4,0.5,0.6,0.75")
+    p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--ft-ratios", default="0.6")
     p.add_argument("--ft-epochs", type=float, default=1.0)
     p.add_argument("--ft-batch", type=int, default=32)
@@ -268,6 +272,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.ratios = [float(r) for r in args.ratios.split(",") if r]
     args.ft_ratios = [float(r) for r in args.ft_ratios.split(",") if r]
+    args.arms = [a for a in args.arms.split(",") if a]
+    if any(a not in ARMS for a in args.arms):
+        p.error(f"unknown arm in {args.arms} (known: {', '.join(ARMS)})")
     args.batches = [int(b) for b in args.batches.split(",") if b]
     torch.set_num_threads(args.threads)
     work = Path(args.work)
