@@ -21,7 +21,7 @@ from typing import Optional
 
 from ..errors import VitoptError
 
-TOP_KEYS = {"version", "model", "checkpoint", "data", "calib", "synsets", "device", "seed", "workers", "steps"}
+TOP_KEYS = {"version", "model", "model_kwargs", "checkpoint", "data", "calib", "synsets", "device", "seed", "workers", "steps"}
 PIPELINE_STEPS = {
     "eval": {"batch_size", "limit", "reference"},
     "export": {"opset", "exporter", "cleanup", "parity_images", "atol"},
@@ -57,6 +57,7 @@ class Step:
 @dataclass
 class Recipe:
     model: str
+    model_kwargs: dict = field(default_factory=dict)   # timm.create_model keyword arguments
     checkpoint: Optional[str] = None
     data: Optional[str] = None
     calib: Optional[str] = None
@@ -117,6 +118,9 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         seed, workers = int(raw.get("seed") or 0), int(raw.get("workers") if raw.get("workers") is not None else 2)
     except (TypeError, ValueError):
         raise VitoptError(f"recipe {p}: seed and workers must be integers") from None
-    return Recipe(model=str(raw["model"]), checkpoint=raw.get("checkpoint"), data=raw.get("data"),
+    mk = raw.get("model_kwargs") or {}
+    if not isinstance(mk, dict):
+        raise VitoptError(f"recipe {p}: model_kwargs must be a mapping")
+    return Recipe(model=str(raw["model"]), model_kwargs=mk, checkpoint=raw.get("checkpoint"), data=raw.get("data"),
                   calib=raw.get("calib"), synsets=raw.get("synsets"), device=device, seed=seed, workers=workers,
                   steps=steps, source=str(p))

@@ -5,6 +5,7 @@ every step succeeded, so a failed run never leaves a half-written OUT behind.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -181,6 +182,7 @@ def _step_build(st: RunState, opts: dict) -> dict:
         src = st.onnx["fp16" if prec == "fp16" else "fp32"]
         built = engine_from_onnx(src, batch_sizes=batches, fp16=prec == "fp16", builder=builder)
         path = st.out / f"model.{prec}.engine"
+        built.info["onnx"] = src.name  # relative: the run directory is renamed at the end
         save_engine(built, path)
         st.engines[prec] = path
         res[prec] = built.info
@@ -189,7 +191,7 @@ def _step_build(st: RunState, opts: dict) -> dict:
 
 
 def _step_bench(st: RunState, opts: dict) -> dict:
-    from ..bench import benchmark, rows_to_json, to_markdown
+    from ..bench import benchmark, rows_to_dict, to_markdown
     from ..runners import OrtRunner, TorchRunner, TrtRunner, gpu_available
     backends = opts.get("backends", ["onnxruntime", "torch"])
     backends = [backends] if isinstance(backends, str) else list(backends)
@@ -220,7 +222,8 @@ def _step_bench(st: RunState, opts: dict) -> dict:
     table = to_markdown(rows)
     (st.out / "bench.md").write_text(table + "\n")
     print(table, flush=True)
-    return {"rows": rows_to_json(rows), "skipped": skipped}
+    (st.out / "bench.json").write_text(json.dumps(rows_to_dict(rows), indent=2) + "\n")
+    return {"rows": rows_to_dict(rows)["rows"], "skipped": skipped}
 
 
 def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
@@ -232,7 +235,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
     out = Path(out)
     with atomic_dir(out) as tmp:
         st = RunState(recipe, tmp)
-        st.loaded = load_model(recipe.model, recipe.checkpoint)
+        st.loaded = load_model(recipe.model, recipe.checkpoint, **recipe.model_kwargs)
         _log(f"model: {st.loaded.describe()}")
         st.dense = copy.deepcopy(st.loaded.model).eval()
         for i, step in enumerate(recipe.steps, 1):
