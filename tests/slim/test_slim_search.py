@@ -84,3 +84,17 @@ def test_apply_meets_budget_and_restores(image_folder, tmp_path, importance):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), cm.model(x))
+
+
+def test_second_budget_reuses_the_finished_search(image_folder, tmp_path):
+    base = tiny_vit(**KW)
+    work = str(tmp_path / "work")
+    kw = dict(steps=2, batch_size=2, recovery="none")
+    compress(copy.deepcopy(base), [SlimConfig(macs_ratio=0.6, **kw)],
+             ctx_for(image_folder, work_dir=work, teacher=copy.deepcopy(base)))
+    logs = []
+    ctx = CompressContext(calib_dir=str(image_folder), workers=0, work_dir=work, log=logs.append,
+                          teacher=copy.deepcopy(base))
+    cm = compress(copy.deepcopy(base), [SlimConfig(macs_ratio=0.8, **kw)], ctx)
+    assert any("resuming the mask search at step 2/2" in line for line in logs)
+    assert abs(cm.steps[0]["report"]["macs_ratio"] - 0.8) <= 0.016
