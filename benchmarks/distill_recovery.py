@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         elif name == "lowrank":
             if source != "standin":
                 built = method_student("lowrank", {"params_ratio": 0.5, "finetune_epochs": 0.0,
-                                                   "calib_images": 128}, teacher, ctx)
+                                                   "calib_images": 128, "comp_solver": "closed"}, teacher, ctx)
             built = built or (None if source == "methods" else lowrank_standin(teacher, 0.5))
         else:
             raise SystemExit(f"unknown student {name}")
