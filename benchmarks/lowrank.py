@@ -41,10 +41,10 @@ from optimizer.models.loading import load_model  # noqa: E402
 ARCH = "deit_tiny_patch16_224"
 STAGES = ("compress", "finetune", "eval", "latency", "engine", "report")
 ARMS = {
-    "plain": dict(whiten=False, sequential=False, comp_steps=0),
-    "asvd_ind": dict(whiten=True, sequential=False, comp_steps=0),
-    "asvd": dict(whiten=True, sequential=True, comp_steps=0),
-    "asvd_ec": dict(whiten=True, sequential=True),
+    "plain": dict(whiten=False, sequential=False, comp_fraction=0.0),
+    "asvd_ind": dict(whiten=True, sequential=False, comp_fraction=0.0),
+    "asvd": dict(whiten=True, sequential=True, comp_fraction=0.0),
+    "asvd_ec": dict(whiten=True, sequential=True, comp_fraction=0.25, comp_steps=300, comp_solver="adam"),
 }
 
 

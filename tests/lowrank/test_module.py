@@ -26,7 +26,7 @@ def _factorised_tiny(ratio=0.6, merge=False, seed=0):
     model = tiny_vit(seed=seed)
     torch.manual_seed(seed + 1)
     x = torch.randn(12, 3, 32, 32)
-    cfg = LowRankConfig(params_ratio=ratio, calib_images=12, batch_size=4, heldout_every=0, merge=merge,
+    cfg = LowRankConfig(params_ratio=ratio, calib_images=12, batch_size=4, heldout_every=0, merge=merge, comp_fraction=0.25,
                         comp_steps=20)
     model, structure, report = factorize_linears(model, cfg, [x[i:i + 4] for i in range(0, 12, 4)], log=lambda s: None)
     return model, structure, report, x
@@ -98,7 +98,8 @@ def test_rebuild_checks_shapes():
 def test_compress_save_restore_round_trip(tmp_path, image_folder):
     from optimizer.compress import CompressContext, compress, load_compressed, save_compressed
     model = tiny_vit()
-    cfg = LowRankConfig(params_ratio=0.6, calib_images=6, batch_size=3, heldout_every=0, comp_steps=10, merge=False)
+    cfg = LowRankConfig(params_ratio=0.6, calib_images=6, batch_size=3, heldout_every=0, comp_steps=10, merge=False,
+                        comp_fraction=0.25)
     ctx = CompressContext(calib_dir=str(image_folder), workers=0, log=lambda s: None)
     cm = compress(model, [cfg], ctx, arch="vit_tiny_patch16_224", model_kwargs=TINY_KW, base_weights="random")
     assert cm.steps[0]["structure"], "nothing was factorised"

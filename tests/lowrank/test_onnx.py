@@ -11,7 +11,7 @@ def _factorised(merge):
     model = tiny_vit()
     torch.manual_seed(1)
     x = torch.randn(8, 3, 32, 32)
-    cfg = LowRankConfig(params_ratio=0.6, calib_images=8, batch_size=4, heldout_every=0, comp_steps=10,
+    cfg = LowRankConfig(params_ratio=0.6, calib_images=8, batch_size=4, heldout_every=0, comp_steps=10, comp_fraction=0.25,
                         merge=merge)
     model, structure, _ = factorize_linears(model, cfg, [x[:4], x[4:]], log=lambda s: None)
     return model.eval(), structure

@@ -121,16 +121,18 @@ def _sensitivities(model, layers, whitenings, probe, cfg) -> dict:
     return {p: max(v, floor) / mean for p, v in raw.items()} if mean > 0 else {}
 
 
-def _fit_layer(m: nn.Linear, rank: int, cfg: LowRankConfig, wh: Whitening, cc, cd, dd, seed: int) -> tuple:
+def _fit_layer(m: nn.Linear, rank: int, cfg: LowRankConfig, wh: Whitening, cc, cd, dd, seed: int,
+               kind: str = "") -> tuple:
     """A LowRankLinear of total rank ``rank`` for ``m`` and its per-layer report.
 
     cc/cd/dd: Grams objects (fit + held) of X_cᵀX_c, X_cᵀX_d, X_dᵀX_d (cd/dd None = no drift).
     """
     W = m.weight.detach().to(torch.float64)
+    compensates = cfg.compensates and kind in cfg.comp_layers
     if cfg.whiten:
         wh = whitening(cc.fit, cfg.damp)
     U, S, Vh = whitened_svd(W, wh)
-    r2 = min(max(1, round(rank * cfg.comp_fraction)), rank - 1) if cfg.compensates and rank > 1 else 0
+    r2 = min(max(1, round(rank * cfg.comp_fraction)), rank - 1) if compensates and rank > 1 else 0
     r1 = rank - r2
     # the (up, z) pairs live in the whitened space of ``wh``: z = down · L
     s = S[:rank].sqrt()
@@ -143,17 +145,18 @@ def _fit_layer(m: nn.Linear, rank: int, cfg: LowRankConfig, wh: Whitening, cc, c
             return None
         return round(output_error(W_new, W, c, g(cd), g(dd)), 6)
 
-    wh_out = wh
     base = up_all @ unwhiten(z_all, wh)
     info = {"rank": rank, "ranks": [r1, r2], "in": m.in_features, "out": m.out_features,
             "err_fit_svd": err(base, False), "err_held_svd": err(base, True), "lambda": wh.damp,
             "fallback_plain": wh.fallback}
-    terms = [(up_all[:, :r1], z_all[:r1])] + ([(up_all[:, r1:], z_all[r1:])] if r2 else [])
-    if cfg.compensates and cc is not None and cc.fit is not None:
-        # the compensation always works in the whitened space of the compressed-input Gram
-        wc = wh if cfg.whiten else whitening(cc.fit, cfg.damp)
-        if wc.L is not None and wc is not wh:
-            terms = [(u, z @ wc.L) for u, z in terms]
+    down_all = unwhiten(z_all, wh)
+    factors = [(up_all[:, :r1], down_all[:r1])] + ([(up_all[:, r1:], down_all[r1:])] if r2 else [])
+    if compensates and cc is not None and cc.fit is not None:
+        # the compensation works in the whitened space of the compressed-input Gram, with its own
+        # (larger) ridge: fitting the dense outputs from drifted inputs is a regression that overfits
+        wc = whitening(cc.fit, cfg.comp_damp)
+        lift = (lambda d: d @ wc.L) if wc.L is not None else (lambda d: d)
+        terms = [(u, lift(d)) for u, d in factors]
         T = whitened_target(W, wc, None if cd is None else cd.fit)
         if cfg.comp_solver == "closed":
             up, z = closed_form(T, rank)
@@ -161,8 +164,8 @@ def _fit_layer(m: nn.Linear, rank: int, cfg: LowRankConfig, wh: Whitening, cc, c
         else:
             terms, hist = compensate_adam(T, terms, cfg.comp_steps, cfg.comp_lr, cfg.refine_first, seed)
             info["comp_loss"] = [round(h, 6) for h in hist]
-        wh_out = wc
-    factors = [(u, unwhiten(z, wh_out)) for u, z in terms]
+        info["comp_lambda"] = wc.damp
+        factors = [(u, unwhiten(z, wc)) for u, z in terms]
     W_new = sum(u @ d for u, d in factors)
     info["err_fit"], info["err_held"] = err(W_new, False), err(W_new, True)
     lr = LowRankLinear(m.in_features, m.out_features, (r1, r2), bias=m.bias is not None)
@@ -218,7 +221,7 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
                 cc, cd = pair_grams(blk_d, blk_c, sub, h_d, h_c, m.in_features)
             else:
                 cc, cd, dd = dd, None, None
-            new, info = _fit_layer(m, chosen[p], cfg, whitenings[p], cc, cd, dd, seed)
+            new, info = _fit_layer(m, chosen[p], cfg, whitenings[p], cc, cd, dd, seed, kind=p.rsplit(".", 1)[-1])
             set_submodule(model, p, new)
             per_layer[p] = info
         if cfg.sequential and key != "tail":

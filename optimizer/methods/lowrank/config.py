@@ -20,11 +20,16 @@ class LowRankConfig(MethodConfig):
     whiten            activation-aware SVD (True) or plain SVD of the weights (False)
     sequential        calibrate each block on the outputs of the already-factorised prefix (True) or
                       every layer on dense activations in one pass (False)
-    comp_fraction     share of each layer's rank given to the error-compensation term (0: none)
+    comp_fraction     share of each layer's rank given to the error-compensation term (0: none; the
+                      paper's term, e.g. 0.25, is off by default because on DeiT-Tiny with a few
+                      hundred calibration images it lowered accuracy: see benchmarks/results/lowrank_*)
     comp_steps        Adam steps of the compensation fit (0: no compensation)
     comp_lr           Adam learning rate, relative to the factors' RMS entry
     comp_solver       "adam" (gradient descent, the paper's) or "closed" (exact reduced-rank regression)
     refine_first      let the compensation fit also update the first (SVD) term
+    comp_layers       which kinds of Linear get the compensation term
+    comp_damp         ridge of the compensation fit, relative to mean(diag XᵀX) (it regresses dense
+                      outputs on drifted inputs, which overfits without one)
     damp              λ = damp · mean(diag XᵀX) added before the Cholesky (raised ×10 when it fails)
     multiple          ranks are multiples of this (hardware-friendly GEMM shapes)
     allocation        "sensitivity": weight each layer's error by how much the model's output moves
@@ -45,11 +50,13 @@ class LowRankConfig(MethodConfig):
     macs_ratio: Optional[float] = None
     whiten: bool = True
     sequential: bool = True
-    comp_fraction: float = 0.25
+    comp_fraction: float = 0.0
     comp_steps: int = 300
     comp_lr: float = 0.01
     comp_solver: str = "adam"
     refine_first: bool = True
+    comp_damp: float = 1e-2
+    comp_layers: Tuple[str, ...] = LAYER_KINDS
     damp: float = 1e-4
     multiple: int = 8
     allocation: str = "sensitivity"
@@ -75,11 +82,14 @@ class LowRankConfig(MethodConfig):
         if self.comp_solver not in SOLVERS:
             raise ValueError(f"comp_solver must be one of {', '.join(SOLVERS)}, got {self.comp_solver!r}")
         check_positive("damp", self.damp, allow_zero=True)
+        check_positive("comp_damp", self.comp_damp, allow_zero=True)
         if not isinstance(self.multiple, int) or self.multiple < 1:
             raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         check_positive("probe_images", self.probe_images)
+        if any(k not in LAYER_KINDS + ("head",) for k in self.comp_layers):
+            raise ValueError(f"comp_layers must be a subset of {', '.join(LAYER_KINDS)}, head; got {list(self.comp_layers)!r}")
         bad = [k for k in self.layers if k not in LAYER_KINDS]
         if bad or not self.layers and not self.include_head:
             raise ValueError(f"layers must be a non-empty subset of {', '.join(LAYER_KINDS)}, got {list(self.layers)!r}")
