@@ -69,3 +69,16 @@ def test_graph_rule_runs_in_cleanup_and_leaves_merged_models_alone(tmp_path):
     onnx_from_torch(model, path)
     _, report = cleanup_graph(onnx.load(str(path)))
     assert report.rules.get("merge_lowrank_pairs") == 0
+
+
+@pytest.mark.trt
+def test_factorised_model_builds_an_engine(tmp_path):
+    from optimizer.engine import available_builder, engine_from_onnx, save_engine
+    from optimizer.export import onnx_from_torch
+    if available_builder() is None:
+        pytest.skip("no TensorRT builder importable (pip install tensorrt-rtx or tensorrt)")
+    model, structure = _factorised(merge=True)
+    onnx_from_torch(model, tmp_path / "lr.onnx")
+    built = engine_from_onnx(tmp_path / "lr.onnx", batch_sizes=(1, 4))
+    path = save_engine(built, tmp_path / "lr.engine")
+    assert built.size_bytes > 0 and path.is_file() and path.stat().st_size == built.size_bytes
