@@ -138,3 +138,19 @@ def test_lowrank_after_slicing_replays():
     fresh.load_state_dict(copy.deepcopy(model.state_dict()), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), model.eval()(x), atol=0, rtol=0)
+
+
+def test_slim_then_lowrank_in_one_recipe(tmp_path, image_folder):
+    from optimizer.compress import CompressContext, compress, load_compressed, save_compressed
+    from optimizer.methods.slim import SlimConfig
+    model = tiny_vit()
+    ctx = CompressContext(calib_dir=str(image_folder), workers=0, log=lambda s: None)
+    slim = SlimConfig(macs_ratio=0.8, importance="magnitude", prune_tokens=False, recovery="none")
+    low = LowRankConfig(params_ratio=0.8, calib_images=6, batch_size=3, heldout_every=0)
+    cm = compress(model, [slim, low], ctx, arch="vit_tiny_patch16_224", model_kwargs=TINY_KW, base_weights="random")
+    assert [s["method"] for s in cm.steps] == ["slim", "lowrank"] and cm.steps[1]["structure"]
+    save_compressed(tmp_path / "both", cm)
+    loaded = load_compressed(tmp_path / "both")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), cm.model.eval()(x), atol=0, rtol=0)
