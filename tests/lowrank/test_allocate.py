@@ -67,3 +67,15 @@ def test_sensitivity_weights_are_measured_for_every_candidate():
     assert abs(sum(sens.values()) / len(sens) - 1.0) < 1e-3                 # normalised to mean 1
     _, _, report_err, _, _ = _run(params_ratio=0.7, allocation="error")
     assert report_err["sensitivity"] == {}
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_head_is_factorised_only_when_asked(sequential):
+    _, structure, _, _, _ = _run(params_ratio=0.7, sequential=sequential)
+    assert "head" not in structure
+    model = tiny_vit(depth=3, num_classes=100)
+    x = torch.randn(8, 3, 32, 32)
+    cfg = LowRankConfig(params_ratio=0.7, calib_images=8, batch_size=4, heldout_every=0, include_head=True,
+                        sequential=sequential)
+    model, structure, _ = factorize_linears(model, cfg, [x[:4], x[4:]], log=lambda s: None)
+    assert isinstance(model.head, LowRankLinear) and structure["head"]["out"] == 100
