@@ -60,9 +60,11 @@ def compensate_adam(T: torch.Tensor, terms: list, steps: int, lr: float, refine_
     to the root-mean-square entry of the starting factors. Returns (best terms, [first, best] loss).
     """
     torch.manual_seed(seed)
-    T = T.to(torch.float64)
-    norm = max(float((T ** 2).sum()), 1e-300)
-    params = [[p.detach().clone().to(torch.float64) for p in pair] for pair in terms]
+    # float32 is enough here: the residual ‖Σ up·z − T‖ is formed directly (no cancellation of
+    # large Gram terms), and it is 2-3x faster than float64 on CPU
+    T = T.to(torch.float32)
+    norm = max(float((T.double() ** 2).sum()), 1e-300)
+    params = [[p.detach().clone().to(torch.float32) for p in pair] for pair in terms]
     train = [p for i, pair in enumerate(params) for p in pair if i > 0 or refine_first or len(params) == 1]
     if not train or steps <= 0:
         return terms, []
@@ -85,7 +87,7 @@ def compensate_adam(T: torch.Tensor, terms: list, steps: int, lr: float, refine_
         if first is None:
             first = value
         if value < best:  # snapshot the iterate this loss belongs to (factors are small)
-            best, best_params = value, [[p.detach().clone() for p in pair] for pair in params]
+            best, best_params = value, [[p.detach().clone().double() for p in pair] for pair in params]
         if _ == steps:
             break
         loss.backward()
