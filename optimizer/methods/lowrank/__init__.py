@@ -4,7 +4,23 @@
     from optimizer.methods.lowrank import LowRankConfig
     cm = compress(model, [LowRankConfig(params_ratio=0.5)], CompressContext(calib_dir="train/"))
 
-See METHODS.md §2. Modules: ``module`` (LowRankLinear, rebuild, merge_for_export), ``svd``
+Conventions and choices (see METHODS.md §2 for the paper's method):
+* params_ratio = params(compressed model) / params(model this step receives), every parameter
+  counted (``optimizer.counting.count_params``); after slim it is relative to the sliced model.
+  macs_ratio likewise with ``count_macs``. Embeddings, norms and (unless ``include_head``) the
+  head are never factorised; a layer is only factorised when r·(in+out) < in·out.
+* Calibration is *sequential* by default: block i is calibrated on the outputs of the already
+  factorised blocks 0..i-1 (whitening from those inputs); ``sequential=False`` calibrates every
+  layer on dense activations in one pass. Only Gram matrices are kept (float32 per batch,
+  summed in float64), plus the first block's input for the sequential replay.
+* Ranks are allocated greedily by (sensitivity-weighted) error drop per parameter or MAC.
+* With exact whitening the rank-r activation-aware SVD is already the optimum of the layer's
+  output loss on the calibration tokens, so a second term at the same total rank can only help
+  when its target differs: the compensation term regresses the *dense* layer outputs on the
+  drifted inputs of the factorised prefix. On DeiT-Tiny with ~100 calibration images that
+  overfits and lowers accuracy, so it is off by default (``comp_fraction=0``).
+
+Modules: ``module`` (LowRankLinear, rebuild, merge_for_export), ``svd``
 (whitened SVD), ``compensate`` (second term by Adam), ``allocate`` (greedy mixed ranks),
 ``calibrate`` (streamed XᵀX), ``apply`` (the whole step).
 """
