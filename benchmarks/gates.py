@@ -32,7 +32,10 @@ sys.path.insert(0, str(ROOT))
 from optimizer.fileio import write_json, write_text  # noqa: E402
 
 ARCH = "deit_tiny_patch16_224"
-VARIANTS = {"aug": True, "noaug": False}
+# gate-training variants: GatesConfig overrides (the Table-5 ablation is aug vs noaug)
+VARIANTS = {"aug": {"subgroup_aug": True},
+            "noaug": {"subgroup_aug": False},
+            "level": {"subgroup_aug": True, "subgroup_mode": "level"}}
 
 
 def _dense(weights):
@@ -44,10 +47,10 @@ def stage_train(a) -> dict:
     from optimizer.compress import CompressContext, compress, save_compressed
     from optimizer.methods.gates import GatesConfig
     out = {}
-    for name, aug in VARIANTS.items():
+    for name in a.variants:
         model = _dense(a.weights)
         teacher = copy.deepcopy(model)
-        cfg = GatesConfig(macs_ratio=a.macs, subgroup_aug=aug, epochs=a.epochs, steps=a.steps,
+        cfg = GatesConfig(macs_ratio=a.macs, **VARIANTS[name], epochs=a.epochs, steps=a.steps,
                           batch_size=a.train_batch, lr_backbone=a.lr_backbone, finetune_steps=a.finetune_steps,
                           calib_groups=(1, a.train_batch))
         ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=0)
@@ -101,7 +104,7 @@ def stage_eval(a) -> dict:
     dcounts = count_macs(dense)
     out = {"dense": {"top1": round(100 * c1 / n, 2), "images": n, "macs": dcounts.macs,
                      "params": count_params(dense)}, "variants": {}}
-    for name in VARIANTS:
+    for name in a.variants:
         model = load_compressed(Path(a.work) / name).model
         rows = []
         for bs in a.batches:
@@ -219,7 +222,8 @@ def report(out_dir: Path) -> str:
         for name, v in tr.items():
             r = v["report"]
             g = r["gates"]
-            lines.append(f"| {name} | {v['config']['subgroup_aug']} | {r['train']['steps']} | {v['seconds']} | "
+            mode = v['config'].get('subgroup_mode', 'tree') if v['config']['subgroup_aug'] else 'off'
+            lines.append(f"| {name} | {mode} | {r['train']['steps']} | {v['seconds']} | "
                          f"{r['dense_params']:,} | {r['deployed_params']:,} ({r['deployed_params'] / r['dense_params']:.1%}) | "
                          f"{g['static_heads']}/{g['dynamic_heads']} | {g['dynamic_mlp_groups']} | {r['max_macs_ratio']} |")
         lines.append("")
@@ -287,7 +291,13 @@ def main(argv=None) -> int:
     p.add_argument("--latency-batches", default="1,8,32")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default="aug,noaug", help=f"gate-training variants: {', '.join(VARIANTS)}")
+    p.add_argument("--tag", default="", help="suffix of the result files (gates_<stage><tag>.json)")
     a = p.parse_args(argv)
+    a.variants = [v for v in a.variants.split(",") if v]
+    unknown = sorted(set(a.variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}")
     a.batches = [int(x) for x in a.batches.split(",")]
     a.latency_batches = [int(x) for x in a.latency_batches.split(",")]
     torch.set_num_threads(a.threads)
@@ -298,7 +308,7 @@ def main(argv=None) -> int:
         res = globals()[f"stage_{s}"](a)
         res = {"stage": s, "seconds": round(time.perf_counter() - t0, 1), "args": {k: v for k, v in vars(a).items()},
                "machine": "shared 2-core CPU, no GPU", "result": res}
-        write_json(out / f"gates_{s}.json", res)
+        write_json(out / f"gates_{s}{a.tag}.json", res)
     md = report_from(out)
     write_text(out / "gates.md", md + "\n")
     print(md)
@@ -306,15 +316,22 @@ def main(argv=None) -> int:
 
 
 def report_from(out: Path) -> str:
-    # stage files wrap their result; unwrap for the report
-    tmp = {}
-    for s in ("train", "eval", "latency", "trt"):
-        p = out / f"gates_{s}.json"
-        if p.is_file():
-            tmp[s] = json.loads(p.read_text())["result"]
+    """Merge gates_<stage>.json and gates_<stage>_<tag>.json (extra variants) and render Markdown."""
     import tempfile
+    merged = {}
+    for s in ("train", "eval", "latency", "trt"):
+        for p in sorted(out.glob(f"gates_{s}*.json")):
+            if p.stem != f"gates_{s}" and not p.stem.startswith(f"gates_{s}_"):
+                continue
+            res = json.loads(p.read_text())["result"]
+            if s not in merged:
+                merged[s] = res
+            elif s == "train":
+                merged[s].update(res)
+            elif s == "eval":
+                merged[s]["variants"].update(res["variants"])
     with tempfile.TemporaryDirectory() as d:
-        for s, v in tmp.items():
+        for s, v in merged.items():
             Path(d, f"gates_{s}.json").write_text(json.dumps(v))
         return report(Path(d))
 

@@ -408,3 +408,10 @@ def test_tensorrt_rtx_builds_the_gated_graph(tmp_path, fixed_k):
     res = trt_rtx_build(path, batch_sizes=(1, 8, 32))
     assert res["parsed"] and res["built"], res["errors"]
     assert res["engine_bytes"] > 0
+
+
+def test_level_group_sizes_cycle_through_every_level():
+    from optimizer.methods.gates.modules import level_group_sizes
+    assert [level_group_sizes(8, t) for t in range(5)] == [[8], [4, 4], [2, 2, 2, 2], [1] * 8, [8]]
+    assert level_group_sizes(6, 1) == [3, 3] and level_group_sizes(6, 2) == [1] * 6
+    assert level_group_sizes(5, 1) == [2, 2, 1]

@@ -28,8 +28,10 @@ class GatesConfig(MethodConfig):
                       init_logit * (1 + importance_init * tanh(z)); 0 = every gate alike
     estimator         "ste" (straight-through sigmoid) or "gumbel" (straight-through Gumbel-sigmoid)
     gumbel_tau        temperature of the Gumbel-sigmoid
-    subgroup_aug      sub-group gate augmentation: every other step splits the batch recursively
-                      (B/2, B/4, ..., 1, 1) with one gate decision per sub-group; off: one per batch
+    subgroup_aug      sub-group gate augmentation (one gate decision per sub-group); off: one per batch
+    subgroup_mode     "tree": every other step splits the batch recursively into B/2, B/4, ..., 1, 1;
+                      "level": step t uses level t mod L of the recursion, the whole batch in groups
+                      of B, B/2, ..., 1 (equal share of steps and samples for every group size)
     epochs / steps    gate training length over the calibration images (steps wins when set)
     batch_size        training batch (= the largest gate group seen in training)
     lr_gates          AdamW learning rate of the gate nets
@@ -57,6 +59,7 @@ class GatesConfig(MethodConfig):
     estimator: str = "ste"
     gumbel_tau: float = 1.0
     subgroup_aug: bool = True
+    subgroup_mode: str = "tree"
     epochs: float = 2.0
     steps: Optional[int] = None
     batch_size: int = 32
@@ -86,6 +89,8 @@ class GatesConfig(MethodConfig):
             raise ValueError("nothing to gate: gate_heads and gate_mlp are both off")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.subgroup_mode not in ("tree", "level"):
+            raise ValueError(f"subgroup_mode must be 'tree' or 'level', got {self.subgroup_mode!r}")
         check_positive("gumbel_tau", self.gumbel_tau)
         check_positive("init_logit", self.init_logit)
         if not isinstance(self.importance_init, (int, float)) or not 0.0 <= self.importance_init < 1.0:

@@ -45,7 +45,7 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
         f"sub-group augmentation {'on' if cfg.subgroup_aug else 'off'})")
     train_report = train_gates(model, teacher, train_loader, target=cfg.macs_ratio, gamma=cfg.gamma, steps=steps,
                                lr_gates=cfg.lr_gates, lr_backbone=cfg.lr_backbone, kd_tau=cfg.kd_tau,
-                               subgroup_aug=cfg.subgroup_aug, estimator=cfg.estimator,
+                               subgroup_aug=cfg.subgroup_aug, subgroup_mode=cfg.subgroup_mode, estimator=cfg.estimator,
                                gumbel_tau=cfg.gumbel_tau, dense_macs=dense.macs, device=device,
                                target_warmup=cfg.target_warmup, log=log)
 

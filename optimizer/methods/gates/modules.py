@@ -61,6 +61,24 @@ def subgroup_sizes(batch: int) -> list:
     return sizes
 
 
+def level_group_sizes(batch: int, step: int) -> list:
+    """Level ``step mod L`` of the recursive split, the whole batch in groups of that size:
+    batch 8 -> [8], [4, 4], [2, 2, 2, 2], [1] * 8, then again. Every group size from the batch down to
+    1 gets the same share of steps and of samples (the "tree" split of ``subgroup_sizes`` gives
+    size 1 to two samples per batch only)."""
+    if batch < 1:
+        raise VitoptError(f"batch size must be positive, got {batch}")
+    levels, g = [], batch
+    while True:
+        levels.append(g)
+        if g == 1:
+            break
+        g = max(1, g // 2)
+    size = levels[step % len(levels)]
+    full, rest = divmod(batch, size)
+    return [size] * full + ([rest] if rest else [])
+
+
 class GateNet(nn.Module):
     """Pooled features (D,) or (groups, D) -> one logit per dynamic unit. ``hidden=0``: one Linear."""
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import VitoptError
-from .modules import gated_modules, set_estimator, set_group_sizes, subgroup_sizes
+from .modules import gated_modules, level_group_sizes, set_estimator, set_group_sizes, subgroup_sizes
 
 
 def macs_ratio_tensor(model: nn.Module, fixed_macs: float, dense_macs: float) -> torch.Tensor:
@@ -60,6 +60,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
 
 def train_gates(model: nn.Module, teacher: nn.Module, loader, *, target: float, gamma: float, steps: int,
                 lr_gates: float, lr_backbone: float, kd_tau: float, subgroup_aug: bool, estimator: str,
+                subgroup_mode: str = "tree",
                 gumbel_tau: float, dense_macs: float, device, target_warmup: float = 0.0, log=print) -> dict:
     """Train gate nets (and optionally the backbone) in place. Returns a report dict."""
     gate_params, other = [], []
@@ -89,7 +90,12 @@ def train_gates(model: nn.Module, teacher: nn.Module, loader, *, target: float, 
                 x = batch.images.to(device)
                 B = x.shape[0]
                 # sub-group augmentation: alternate recursive halving with whole-batch groups
-                sizes = subgroup_sizes(B) if (subgroup_aug and step % 2 == 0) else [B]
+                if not subgroup_aug:
+                    sizes = [B]
+                elif subgroup_mode == "level":
+                    sizes = level_group_sizes(B, step)
+                else:
+                    sizes = subgroup_sizes(B) if step % 2 == 0 else [B]
                 set_group_sizes(model, sizes)
                 for g, b in zip(opt.param_groups, base):   # cosine decay
                     g["lr"] = b * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
