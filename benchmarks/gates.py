@@ -207,6 +207,36 @@ def stage_trt(a) -> dict:
     return out
 
 
+def _targets(ev, lat) -> list:
+    """The issue's targets, checked against the measured numbers."""
+    out = ["## Targets (from the issue) vs measured", ""]
+    if ev:
+        for name, v in ev["variants"].items():
+            rows = {r["batch"]: r for r in v["rows"]}
+            if 1 in rows and 64 in rows:
+                d = abs(rows[1]["top1"] - rows[64]["top1"])
+                out.append(f"- {name}: |top-1(b=1) − top-1(b=64)| = {d:.2f} points (target ≤ 0.5 with augmentation): "
+                           f"{'met' if d <= 0.5 else 'NOT met'}; mean executed MACs {v['mean_macs_ratio']} of dense "
+                           f"(target ≈ 0.6)")
+        va = ev["variants"]
+        if "noaug" in va:
+            b1 = {n: next((r["top1"] for r in v["rows"] if r["batch"] == 1), None) for n, v in va.items()}
+            for n in va:
+                if n != "noaug" and b1[n] is not None and b1["noaug"] is not None:
+                    ok = b1[n] > b1["noaug"]
+                    out.append(f"- {n} vs noaug at batch 1: {b1[n]} vs {b1['noaug']} % top-1: "
+                               f"{'beats it (met)' if ok else 'does NOT beat it'}")
+    if lat:
+        r8 = lat["summary"].get("gated", {}).get("8") or lat["summary"].get("gated", {}).get(8)
+        if r8:
+            out.append(f"- ONNX Runtime speedup at batch 8: {r8['realised_speedup']}x realised vs {r8['ideal_speedup']}x "
+                       f"ideal = {r8['fraction_of_ideal']:.0%} of ideal (target ≥ 80 %): "
+                       f"{'met' if r8['fraction_of_ideal'] >= 0.8 else 'NOT met'} — at "
+                       f"{lat['ideal']['8' if '8' in lat['ideal'] else 8]['gated_macs_ratio']} of dense MACs, not 0.6")
+    out.append("")
+    return out
+
+
 def report(out_dir: Path) -> str:
     def load(stage):
         p = out_dir / f"gates_{stage}.json"
@@ -257,6 +287,7 @@ def report(out_dir: Path) -> str:
             lines.append(f"| {k} | {r['parsed']} | {r['built']} | {r['engine_bytes']} | {r['seconds']} | "
                          f"{'; '.join(r['errors'])[:200] or '-'} |")
         lines.append("")
+    lines += _targets(ev, lat)
     lines += ["## Notes", "",
               "- One gate decision per group = per inference batch: a sample's output depends on the other "
               "samples of its batch (the gate input is pooled over the group), never on their order.",
