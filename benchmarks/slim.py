@@ -140,7 +140,7 @@ def stage_probe(args, work: Path, state: dict) -> None:
     """Before recovery: which ranking (global per-MAC vs per-type) and importance keeps the model closest."""
     dense = dense_model(args)
     out = []
-    for budget in args.budgets:
+    for budget in args.probe_budgets or args.budgets:
         for kind in ("learned", "taylor", "magnitude"):
             for ranking in ("global", "per_type"):
                 model, res = importance_model(kind, work, args)
@@ -254,6 +254,10 @@ def stage_engine(args, work: Path, state: dict) -> None:
 
 # ---------------------------------------------------------------- report
 
+def _mb(v):
+    return "-" if not v else f"{v / 1e6:.1f}"
+
+
 def _f(v, nd=2, pct=False):
     if v is None:
         return "-"
@@ -290,7 +294,7 @@ def stage_report(args, work: Path, state: dict) -> None:
     lines.append(f"| dense | {dense['params'] / 1e6:.2f} | {dense['macs'] / 1e9:.3f} | 1.000 | {_f(ev0['dense_top1'])} | "
                  f"{_f(ev0['dense_top1'])} | 0.00 | 100.00 | "
                  + " | ".join(f"1.00 ({_f(dense_lat[b]['p50_ms'], 1) if dense_lat[b] else '-'} ms)" for b in args.batches)
-                 + f" | {_f((de.get('engine_bytes') or 0) / 1e6, 1)} | {_f((de.get('activation_bytes') or 0) / 1e6, 1)} | - |")
+                 + f" | {_mb(de.get('engine_bytes'))} | {_mb(de.get('activation_bytes'))} | - |")
     for budget, kind in variants(args):
         name = name_of(budget, kind)
         c, e = state["compress"][name], state["eval"][name]
@@ -303,7 +307,7 @@ def stage_report(args, work: Path, state: dict) -> None:
         lines.append(f"| {name} | {c['params'] / 1e6:.2f} | {c['macs'] / 1e9:.3f} | {c['macs_ratio']:.3f} | "
                      f"{_f(e['top1'])} | {_f(e['dense_top1'])} | {_f(e['top1'] - e['dense_top1'])} | "
                      f"{_f(e['agreement'])} | " + " | ".join(sp)
-                     + f" | {_f((en.get('engine_bytes') or 0) / 1e6, 1)} | {_f((en.get('activation_bytes') or 0) / 1e6, 1)}"
+                     + f" | {_mb(en.get('engine_bytes'))} | {_mb(en.get('activation_bytes'))}"
                      f" | {minutes:.1f} |")
     lines += ["", "Compute (wall / CPU seconds, 2-core CPU): " + ", ".join(
         f"{k} {v['wall_s']} / {v['cpu_s']}" for k, v in state["compute"].items()) +
@@ -359,6 +363,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--baseline-batches", type=int, default=8)
     p.add_argument("--probe-limit", type=int, default=None)
+    p.add_argument("--probe-budgets", default="", help="budgets for the ranking probe (default: --budgets)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", default="1,8,32")
@@ -367,12 +372,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.batches = [int(b) for b in args.batches.split(",")]
+    args.probe_budgets = [float(b) for b in args.probe_budgets.split(",") if b]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     state = load_state(work)
     for stage in args.stages.split(","):
         if stage not in STAGES:
             p.error(f"unknown stage {stage}")
+        if stage == "report" and "eval" not in state:
+            continue
         print(f"== {stage}", file=sys.stderr)
         with Clock() as c:
             globals()[f"stage_{stage}"](args, work, state)
