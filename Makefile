@@ -8,8 +8,10 @@ SHARED ?= ../shared
 PIP    := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(PY) -m pip
 STAMP  := $(VENV)/.vitopt-installed
 
-export VITOPT_CHECKPOINT ?= $(if $(wildcard $(SHARED)/weights/deit_tiny_patch16_224.pth),$(SHARED)/weights/deit_tiny_patch16_224.pth,)
-export VITOPT_DATA ?= $(if $(wildcard $(SHARED)/data/imagenet-mini/val),$(SHARED)/data/imagenet-mini/val,)
+# The demo reads real weights and images from ../shared when present (flags/env override);
+# the tests find ../shared themselves and must not inherit these.
+demo: export VITOPT_CHECKPOINT ?= $(if $(wildcard $(SHARED)/weights/deit_tiny_patch16_224.pth),$(SHARED)/weights/deit_tiny_patch16_224.pth,)
+demo: export VITOPT_DATA ?= $(if $(wildcard $(SHARED)/data/imagenet-mini/val),$(SHARED)/data/imagenet-mini/val,)
 
 .PHONY: venv demo test clean
 

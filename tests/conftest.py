@@ -14,6 +14,13 @@ SKIP_SHARED = ("../shared (real DeiT-Tiny weights and imagenet-mini) is absent; 
                "set VITOPT_SHARED to its path to run this test")
 
 
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch):
+    """Tests name their weights and data explicitly; a developer's VITOPT_* must not leak in."""
+    for var in ("VITOPT_CHECKPOINT", "VITOPT_DATA", "VITOPT_CALIB"):
+        monkeypatch.delenv(var, raising=False)
+
+
 def tiny_vit(num_classes: int = 10, depth: int = 2, seed: int = 0, **kw):
     """A timm ViT with tiny dims: runs in milliseconds on CPU."""
     import timm
