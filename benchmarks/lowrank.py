@@ -178,6 +178,10 @@ def stage_engine(args, work, state):
     write_json(work / "state.json", state)
 
 
+def _builder(b) -> str:
+    return f"{b.get('package')} {b.get('version')}" if isinstance(b, dict) else str(b)
+
+
 def _f(v, nd=2):
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -282,7 +286,7 @@ def stage_report(args, work, state):
             for n, e in eng.items():
                 mb = lambda b: None if b is None else b / 2 ** 20  # noqa: E731
                 lines.append(f"| {n} | {_f(mb(e['engine_bytes']))} | {_f(mb(e.get('activation_bytes')))} | "
-                             f"{_f(mb(e.get('weights_bytes')))} | {e.get('builder')} |")
+                             f"{_f(mb(e.get('weights_bytes')))} | {_builder(e.get('builder'))} |")
     lines += ["", "Regenerate: `flock /tmp/vitopt-heavy.lock python benchmarks/lowrank.py --weights ... --train ... "
               "--val ...` (see the script's docstring)."]
     out = ROOT / "benchmarks" / "results"

@@ -17,8 +17,10 @@ Conventions and choices (see METHODS.md §2 for the paper's method):
 * With exact whitening the rank-r activation-aware SVD is already the optimum of the layer's
   output loss on the calibration tokens, so a second term at the same total rank can only help
   when its target differs: the compensation term regresses the *dense* layer outputs on the
-  drifted inputs of the factorised prefix. On DeiT-Tiny with ~100 calibration images that
-  overfits and lowers accuracy, so it is off by default (``comp_fraction=0``).
+  drifted inputs of the factorised prefix. On DeiT-Tiny it did not clearly earn its place
+  (0.6 params, 128 calibration images: agreement 9.2 % vs 6.9 % without it but higher KL, 13x the
+  calibration time; with 32 calibration images it lowered agreement sharply), so it is off by
+  default (``comp_fraction=0``); benchmarks/results/lowrank_deit_tiny.md has the ablation.
 
 Modules: ``module`` (LowRankLinear, rebuild, merge_for_export), ``svd``
 (whitened SVD), ``compensate`` (second term by Adam), ``allocate`` (greedy mixed ranks),

@@ -21,8 +21,8 @@ class LowRankConfig(MethodConfig):
     sequential        calibrate each block on the outputs of the already-factorised prefix (True) or
                       every layer on dense activations in one pass (False)
     comp_fraction     share of each layer's rank given to the error-compensation term (0: none; the
-                      paper's term, e.g. 0.25, is off by default because on DeiT-Tiny with a few
-                      hundred calibration images it lowered accuracy: see benchmarks/results/lowrank_*)
+                      paper's term, e.g. 0.25, is off by default: on DeiT-Tiny it did not clearly
+                      help and cost 13x the calibration time, see benchmarks/results/lowrank_*)
     comp_steps        Adam steps of the compensation fit (0: no compensation)
     comp_lr           Adam learning rate, relative to the factors' RMS entry
     comp_solver       "adam" (gradient descent, the paper's) or "closed" (exact reduced-rank regression)
