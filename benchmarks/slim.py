@@ -181,6 +181,8 @@ def name_of(budget: float, kind: str) -> str:
 
 def stage_compress(args, work: Path, state: dict) -> None:
     dense = dense_model(args)
+    c = count_macs(dense)
+    state["dense"] = {"params": c.params, "macs": c.macs}
     comp = state.setdefault("compress", {})
     for budget, kind in variants(args):
         name = name_of(budget, kind)
@@ -198,6 +200,8 @@ def stage_compress(args, work: Path, state: dict) -> None:
         cm = CompressedModel(model, args.arch, {}, [{"method": "slim", "config": cfg.to_dict(), "structure": structure,
                                                 "report": rep}], "checkpoint")
         save_compressed(work / "models" / name, cm)
+        # evaluate at once: a run cut short still leaves complete rows
+        state.setdefault("eval", {})[name] = evaluate_pair(model, dense, args)
         comp[name] = {"budget": budget, "importance": kind, "macs_ratio": rep["macs_ratio"],
                       "params_ratio": rep["params_ratio"], "macs": rep["measured"]["macs"],
                       "params": rep["measured"]["params"], "widths": rep["widths"],
@@ -207,15 +211,18 @@ def stage_compress(args, work: Path, state: dict) -> None:
 
 
 def stage_eval(args, work: Path, state: dict) -> None:
+    """Re-evaluate every compressed model on val (compress already evaluates each one)."""
     dense = dense_model(args)
     ev = state.setdefault("eval", {})
-    for budget, kind in variants(args):
-        name = name_of(budget, kind)
+    for name in done(args, state):
         model = load_compressed(work / "models" / name).model
         ev[name] = evaluate_pair(model, dense, args)
         print(name, ev[name], file=sys.stderr)
-    c = count_macs(dense)
-    state["dense"] = {"params": c.params, "macs": c.macs}
+
+
+def done(args, state) -> list:
+    return [name_of(b, k) for b, k in variants(args)
+            if name_of(b, k) in state.get("compress", {}) and name_of(b, k) in state.get("eval", {})]
 
 
 def stage_latency(args, work: Path, state: dict) -> None:
@@ -226,8 +233,7 @@ def stage_latency(args, work: Path, state: dict) -> None:
     paths = {"dense": onnx_dir / "dense.onnx"}
     if not paths["dense"].is_file():
         onnx_from_torch(dense_model(args), paths["dense"])
-    for budget, kind in variants(args):
-        name = name_of(budget, kind)
+    for name in done(args, state):
         paths[name] = onnx_dir / f"{name}.onnx"
         if not paths[name].is_file():
             onnx_from_torch(load_compressed(work / "models" / name).model, paths[name])
@@ -288,15 +294,14 @@ def stage_report(args, work: Path, state: dict) -> None:
              + " | ".join(f"speedup b{b} (ideal)" for b in args.batches)
              + " | engine MB | act. MB | compute min |",
              "|---" * (10 + len(args.batches)) + "|"]
-    ev0 = next(iter(state["eval"].values()))
+    ev0 = state["eval"][done(args, state)[0]]
     dense_lat = {b: lat.get(("dense", b)) for b in args.batches}
     de = eng.get("dense", {}) if isinstance(eng, dict) else {}
     lines.append(f"| dense | {dense['params'] / 1e6:.2f} | {dense['macs'] / 1e9:.3f} | 1.000 | {_f(ev0['dense_top1'])} | "
                  f"{_f(ev0['dense_top1'])} | 0.00 | 100.00 | "
                  + " | ".join(f"1.00 ({_f(dense_lat[b]['p50_ms'], 1) if dense_lat[b] else '-'} ms)" for b in args.batches)
                  + f" | {_mb(de.get('engine_bytes'))} | {_mb(de.get('activation_bytes'))} | - |")
-    for budget, kind in variants(args):
-        name = name_of(budget, kind)
+    for name in done(args, state):
         c, e = state["compress"][name], state["eval"][name]
         sp = []
         for b in args.batches:
@@ -325,8 +330,7 @@ def stage_report(args, work: Path, state: dict) -> None:
                              f"{r['params_ratio']:.3f} | {_f(r['agreement'])} | {_f(r['top1'])} |")
         lines.append("")
     lines += ["## Per-block widths (heads x head dim, MLP, tokens)", ""]
-    for budget, kind in variants(args):
-        name = name_of(budget, kind)
+    for name in done(args, state):
         w = state["compress"][name]["widths"]
         lines.append(f"- {name}: " + ", ".join(f"{b['heads']}x{b['head_dim']}/{b['mlp']}/{b['tokens']}" for b in w))
     env = state["environment"]
@@ -370,7 +374,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--iters-per-round", type=int, default=3)
     args = p.parse_args(argv)
-    args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.budgets = [float(b) for b in args.budgets.split(",")]   # in the order they are compressed
     args.batches = [int(b) for b in args.batches.split(",")]
     args.probe_budgets = [float(b) for b in args.probe_budgets.split(",") if b]
     work = Path(args.work)
