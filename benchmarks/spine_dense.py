@@ -28,6 +28,8 @@ def main() -> int:
     ap.add_argument("--models", default="deit_tiny_patch16_224,deit_small_patch16_224")
     ap.add_argument("--batch", default="1,8,32")
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--no-latency", action="store_true",
+                    help="only export, parity and engines (latency: see bench_deit_tiny_cpu.md, taken uncontended)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spine_dense"))
     args = ap.parse_args()
     import onnx
@@ -81,10 +83,12 @@ def main() -> int:
                                         "engine_bytes": built.size_bytes, "weights_bytes": mem.get("weights_bytes"),
                                         "activation_bytes": mem.get("activation_bytes"), "memory_source": mem.get("source"),
                                         "profile": built.info["profile"]}
-        with OrtRunner(p32) as r:
-            rows = benchmark(r, batches, warmup=5, iters=args.iters)
-        with TorchRunner(model) as r:
-            rows += benchmark(r, batches, warmup=5, iters=args.iters)
+        rows = []
+        if not args.no_latency:
+            with OrtRunner(p32) as r:
+                rows = benchmark(r, batches, warmup=5, iters=args.iters)
+            with TorchRunner(model) as r:
+                rows += benchmark(r, batches, warmup=5, iters=args.iters)
         for row in rows:
             row.name = f"{name} {row.backend}"
         rows_all += rows
@@ -92,7 +96,7 @@ def main() -> int:
         results.append(rec)
         print(json.dumps({k: rec[k] for k in ("model", "params", "gmacs", "parity_fp32", "engines")}, indent=1), flush=True)
     md = ["# Dense baselines (issue 2)", "",
-          f"Machine: {environment().get('cpu', '?')}, 2 cores, no GPU. Command: `python benchmarks/spine_dense.py`. "
+          f"Machine: {environment().get('cpu', '?')}, 2 cores, no GPU. Command: `python benchmarks/spine_dense.py --no-latency`. "
           "MACs = multiply-accumulates per 224 px image.", "",
           "| model | weights | params M | GMACs | FP32 parity max abs diff | FP16 ONNX cosine | engine | size MB | weights MB | activations MB | build s |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -105,7 +109,7 @@ def main() -> int:
                       f"{mb(e.get('weights_bytes'))} | {mb(e.get('activation_bytes'))} | {e.get('build_seconds', '-')} |")
     md += ["", "Engine memory comes from the TensorRT-for-RTX builder log (no GPU here); engines cannot run without one.",
            "", "## Latency (median of timed iterations; ONNX Runtime FP32, intra-op threads = physical cores, spinning off)", "",
-           to_markdown(rows_all)]
+           to_markdown(rows_all) if rows_all else "not measured in this run (--no-latency): see bench_deit_tiny_cpu.md"]
     write_json(args.out + ".json", {"environment": environment(), "results": results})
     write_text(args.out + ".md", "\n".join(md) + "\n")
     print("\n".join(md))
