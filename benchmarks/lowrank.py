@@ -100,7 +100,7 @@ def stage_finetune(args, work, state):
     dense = dense_model(args)
     for ratio in args.ft_ratios:
         name = name_of(ratio, args.ft_arm)
-        ft = name + "_ft"
+        ft = name + ("_ft" if args.ft_epochs == 1 else f"_ft{args.ft_epochs:g}ep")
         if ft in state.setdefault("finetune", {}) and (work / "models" / ft).is_dir():
             continue
         loaded = load_compressed(work / "models" / name)
@@ -189,28 +189,29 @@ def _f(v, nd=2):
 def _targets(args, state, ev, comp, dense_top1) -> list:
     """One line per issue target, computed from the cached results (nothing hand-written)."""
     out = []
-    best = max((e["agreement"], n) for n, e in ev.items() if n.startswith("p60_") and not n.endswith("_ft")) \
+    best = max((e["agreement"], n) for n, e in ev.items() if n.startswith("p60_") and "_ft" not in n) \
         if any(n.startswith("p60_") for n in ev) else None
     if best:
         out.append(f"- 0.6 params, no fine-tuning, top-1 agreement >= 90 %: best {best[0]:.1f} % ({best[1]}) -> "
                    f"{'met' if best[0] >= 90 else 'NOT met'}")
-    fts = [(n, e) for n, e in ev.items() if n.endswith("_ft")]
+    fts = [(n, e) for n, e in ev.items() if "_ft" in n]
     for n, e in fts:
         d = e["top1"] - dense_top1
         out.append(f"- with fine-tuning, top-1 within 1.5 points of dense: {n} {d:+.2f} points -> "
                    f"{'met' if d >= -1.5 else 'NOT met'}")
     ratios = sorted({n[:3] for n in ev if n.endswith("_plain")})
-    wins = []
-    for r in ratios:
-        a, pl = ev.get(f"{r}_asvd"), ev.get(f"{r}_plain")
-        if a and pl:
-            wins.append((r, a["agreement"] > pl["agreement"], a["mean_kl"] < pl["mean_kl"],
-                         a["agreement"] - pl["agreement"], pl["mean_kl"] - a["mean_kl"]))
-    if wins:
-        out.append("- activation-aware (asvd) beats plain SVD at every ratio: "
-                   + "; ".join(f"{r[1:]}: agreement {d:+.1f} pts, KL {-k:+.3f}" for r, _, _, d, k in wins)
-                   + f" -> agreement {'met' if all(w[1] for w in wins) else 'NOT met'} at every ratio, KL "
-                   f"{'lower' if all(w[2] for w in wins) else 'not lower'} at every ratio")
+    for arm in ("asvd_ind", "asvd"):
+        wins = []
+        for r in ratios:
+            a, pl = ev.get(f"{r}_{arm}"), ev.get(f"{r}_plain")
+            if a and pl:
+                wins.append((r, a["agreement"] > pl["agreement"], a["mean_kl"] < pl["mean_kl"],
+                             a["agreement"] - pl["agreement"], pl["mean_kl"] - a["mean_kl"]))
+        if wins:
+            out.append(f"- activation-aware ({arm}) beats plain SVD at every ratio: "
+                       + "; ".join(f"{r[1:]}: agreement {d:+.1f} pts, KL {-k:+.3f}" for r, _, _, d, k in wins)
+                       + f" -> agreement {'higher' if all(w[1] for w in wins) else 'NOT higher'} at every ratio, KL "
+                       f"{'lower' if all(w[2] for w in wins) else 'NOT lower'} at every ratio")
     lat = state.get("latency")
     if lat:
         for row in lat["rows"]:
@@ -239,29 +240,30 @@ def stage_report(args, work, state):
              "|---|---|---|---|---|---|---|---|---|---|"]
     ratios = sorted({int(n[1:3]) / 100 for n in ev})
     for ratio in ratios:
-        for arm in list(ARMS) + [a + "_ft" for a in ARMS]:
-            name = name_of(ratio, arm)
-            e = ev.get(name)
-            c = comp.get(name) or comp.get(name[:-3] if arm.endswith("_ft") else "", {})
-            if e is None:
-                continue
+        prefix = name_of(ratio, "")
+        names = [n for n in ev if n.startswith(prefix)]
+        names.sort(key=lambda n: (list(ARMS).index(n[len(prefix):].split("_ft")[0])
+                                  if n[len(prefix):].split("_ft")[0] in ARMS else 99, n))
+        for name in names:
+            arm = name[len(prefix):]
+            e = ev[name]
+            c = comp.get(name) or comp.get(name.split("_ft")[0], {})
             secs = c.get("calibration_seconds")
-            if arm.endswith("_ft"):
+            if "_ft" in arm:
                 secs = state.get("finetune", {}).get(name, {}).get("wall_s")
             lines.append(f"| {ratio} | {arm} | {_f(c.get('params_ratio'), 3)} | {_f(c.get('macs_ratio'), 3)} | "
                          f"{_f(e['top1'])} | {_f(e['top1'] - dense_top1 if dense_top1 is not None else None)} | "
                          f"{_f(e['agreement'])} | {_f(e['mean_kl'], 3)} | {_f(c.get('mean_err_held'), 3)} | "
-                         f"{_f(secs, 0)}{' (FT)' if arm.endswith('_ft') else ''} |")
+                         f"{_f(secs, 0)}{' (FT)' if '_ft' in arm else ''} |")
     lines += ["", "*relative output error per factorised layer on held-out calibration images (every 8th), "
               "against the dense layer's output. For sequential arms the input is the factorised prefix's, so "
               "the number includes the drift accumulated upstream; it is not comparable with the independent "
               "arms (plain, asvd_ind), where it is the layer's own error on dense inputs."]
     lines += ["", "## Targets", ""] + _targets(args, state, ev, comp, dense_top1)
-    if state.get("finetune"):
-        f0 = next(iter(state["finetune"].values()))
-        lines += ["", f"Fine-tuning: {f0['epochs']} epoch(s) over imagenet-mini/train ({f0.get('images')} images), "
-                  f"batch {f0['batch_size']}, lr {f0['lr']}, {f0['loss']}; 'calib s' of FT rows is the fine-tuning "
-                  "wall time."]
+    for n, f0 in state.get("finetune", {}).items():
+        lines += ["", f"Fine-tuning {n}: {f0['epochs']} epoch(s) over imagenet-mini/train ({f0.get('images')} "
+                  f"images, {f0.get('steps')} steps), batch {f0['batch_size']}, lr {f0['lr']}, {f0['loss']}, "
+                  "train-time augmentation; 'calib s' of FT rows is the fine-tuning wall time."]
     lat = state.get("latency")
     if lat:
         lines += ["", "## ONNX Runtime latency (CPU, interleaved with dense in one run; merged factor pairs)", "",
