@@ -121,23 +121,6 @@ def stage_eval(a) -> dict:
     return out
 
 
-class _RealImageOrt:
-    """OrtRunner fed with real images instead of the runner's random input (gates depend on content)."""
-
-    @staticmethod
-    def make(path, images, threads):
-        from optimizer.runners import OrtRunner
-
-        class Runner(OrtRunner):
-            def prepare(self, batch, sample_shape=None, seed=0):
-                self._require_active()
-                if self._prepared_batch == batch:
-                    return
-                self._prepare(np.ascontiguousarray(images[:batch]).astype(np.float32))
-                self._prepared_batch, self._prepared_shape = batch, tuple(images.shape[1:])
-        return Runner(path, threads=threads)
-
-
 def _val_images(a, model, count):
     from optimizer.data import build_loader
     b = next(iter(build_loader(str(Path(a.data) / "val"), model, batch_size=count, shuffle=True, workers=2, seed=1)))
@@ -178,8 +161,10 @@ def stage_latency(a) -> dict:
         ideal[bs] = {"gated_macs_ratio": round(g / dmacs, 4), "ideal_speedup": round(dmacs / g, 3),
                      "fixed_k_macs_ratio": round(f / dmacs, 4), "fixed_k_ideal_speedup": round(dmacs / f, 3)}
     arr = images.numpy()
-    runners = {k: _RealImageOrt.make(v, arr, a.threads) for k, v in files.items()}
-    lat = interleaved_latency(runners, a.latency_batches, rounds=a.rounds, iters_per_round=5, warmup=3)
+    from optimizer.runners import OrtRunner
+    runners = {k: OrtRunner(v, threads=a.threads, name=k) for k, v in files.items()}
+    # gates decide from content: time every runner on the same real val images, not noise
+    lat = interleaved_latency(runners, a.latency_batches, rounds=a.rounds, iters_per_round=5, warmup=3, inputs=arr)
     summary = {}
     dense_ms = {row["batch"]: row["p50_ms"] for row in lat["rows"] if row["name"] == "dense"}
     for row in lat["rows"]:

@@ -135,7 +135,8 @@ def _memory(runner, reading, rss_start: int):
 
 
 def benchmark(runner, batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 10, iters: int = 50,
-              min_time_s: float = 1.0, input_shape: Optional[Sequence[int]] = None) -> List[BenchRow]:
+              min_time_s: float = 1.0, input_shape: Optional[Sequence[int]] = None,
+              inputs=None) -> List[BenchRow]:
     """Latency percentiles, throughput and peak memory of ``runner`` at each batch size.
 
     Args:
@@ -145,6 +146,8 @@ def benchmark(runner, batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 10,
         iters / min_time_s: timing continues until both at least ``iters`` iterations and
             ``min_time_s`` seconds are done; ``BenchRow.iters`` says how many were timed.
         input_shape: per-image shape; default the runner's own, else (3, 224, 224).
+        inputs: optional real images (N, C, H, W) to time on instead of random data (rows cycled
+            to fill a batch); needed for input-adaptive models whose work depends on content.
     Returns one ``BenchRow`` per batch size. ``peak_mem_mb`` is, on CPU, the process RSS
     high-water mark during that batch minus RSS when ``benchmark`` started (so it includes model
     loading when the runner was activated here); on GPU torch's peak allocation; for TensorRT the
@@ -161,7 +164,7 @@ def benchmark(runner, batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 10,
         env = environment(runner)
         for b in batches:
             with PeakMemory(runner.device) as pm:
-                runner.prepare(b, input_shape)
+                runner.prepare(b, input_shape, data=inputs)
                 for _ in range(warmup):
                     runner.run_once(b)
                 with _gc_paused():
@@ -178,14 +181,15 @@ def benchmark(runner, batch_sizes: Sequence[int] = (1, 8, 32), warmup: int = 10,
 
 def interleaved_latency(runners: Dict[str, object], batch_sizes: Sequence[int] = (1,), rounds: int = 10,
                         iters_per_round: int = 5, warmup: int = 3,
-                        input_shape: Optional[Sequence[int]] = None) -> dict:
+                        input_shape: Optional[Sequence[int]] = None, inputs=None) -> dict:
     """Time several runners round-robin in one run; ratios are against the first runner.
 
     Each round runs ``iters_per_round`` timed inferences of every runner, the order rotating from
     round to round. Per runner and batch size: median (``p50_ms``), p90, mean of all its timed
     iterations, their count, ``speedup`` = reference p50 / this p50 (> 1: faster than the
     reference), and ``speedup_rounds`` = median over rounds of the per-round median ratio with its
-    25-75 % range (a drift-robust estimate of the same ratio).
+    25-75 % range (a drift-robust estimate of the same ratio). ``inputs``: real images to time on
+    (see ``benchmark``); every runner gets the same rows.
     Returns a JSON-serialisable dict: reference, batch_sizes, rounds, iters_per_round, warmup,
     rows (one per runner and batch), environment.
     Raises VitoptError for fewer than two runners or non-positive counts.
@@ -203,7 +207,7 @@ def interleaved_latency(runners: Dict[str, object], batch_sizes: Sequence[int] =
     with _active(runners.values()):
         for b in batches:
             for n in names:
-                runners[n].prepare(b, input_shape)
+                runners[n].prepare(b, input_shape, data=inputs)
                 for _ in range(warmup):
                     runners[n].run_once(b)
             times = {n: [] for n in names}

@@ -37,7 +37,8 @@ class BaseRunner:
         self.output_names: List[str] = []
         self.precision: str = "fp32"
         self._prepared_batch: Optional[int] = None
-        self._prepared_shape: Optional[Tuple[int, ...]] = None
+        self._prepared_shape: Optional[tuple] = None
+        self._prepared_data: Optional[np.ndarray] = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     def activate(self) -> "BaseRunner":
@@ -99,11 +100,33 @@ class BaseRunner:
             raise VitoptError(f"runner {self.name}: feed has inputs {sorted(feed)}, model expects {self.input_names}")
         return self._infer({k: np.asarray(v) for k, v in feed.items()})
 
-    def prepare(self, batch: int, sample_shape: Optional[Sequence[int]] = None, seed: int = 0) -> None:
-        """Allocate a random input of ``batch`` images for ``run_once``/``infer_timed`` (done once per batch)."""
+    def prepare(self, batch: int, sample_shape: Optional[Sequence[int]] = None, seed: int = 0,
+                data: Optional[np.ndarray] = None) -> None:
+        """Allocate the timing input of ``batch`` images for ``run_once``/``infer_timed`` (once per batch).
+
+        By default a seeded standard-normal tensor. ``data`` (N, *sample) feeds real images instead,
+        the first ``batch`` rows, cycled when N < batch: input-adaptive models (gates) run a
+        different amount of work on noise than on images, so their timing needs real inputs.
+        Raises VitoptError for a non-positive batch or a ``data`` array that is not (N, *sample).
+        """
         self._require_active()
         if batch < 1:
             raise VitoptError(f"batch size must be positive, got {batch}")
+        if data is not None:
+            arr = np.asarray(data)
+            if arr.ndim < 2 or arr.shape[0] < 1:
+                raise VitoptError(f"runner {self.name}: timing data must be (N, *sample_shape), got {arr.shape}")
+            shape = tuple(arr.shape[1:])
+            if sample_shape and tuple(sample_shape) != shape:
+                raise VitoptError(f"runner {self.name}: timing data has samples of shape {shape}, "
+                                  f"expected {tuple(sample_shape)}")
+            key = ("data", id(data), shape)
+            if self._prepared_batch == batch and self._prepared_shape == key:
+                return
+            rows = np.resize(np.arange(arr.shape[0]), batch)      # cycles the row index
+            self._prepare(np.ascontiguousarray(arr[rows]).astype(self.input_dtype))
+            self._prepared_batch, self._prepared_shape, self._prepared_data = batch, key, data
+            return
         shape = tuple(sample_shape) if sample_shape else (self.sample_shape or DEFAULT_SAMPLE_SHAPE)
         if self._prepared_batch == batch and self._prepared_shape == shape:
             return
@@ -111,18 +134,26 @@ class BaseRunner:
         self._prepare(data)
         self._prepared_batch = batch
         self._prepared_shape = shape
+        self._prepared_data = None
+
+    def _reprepare(self, batch: int) -> None:
+        """Prepare another batch size from the same source (random shape or real data) as before."""
+        if self._prepared_data is not None:
+            self.prepare(batch, data=self._prepared_data)
+        else:
+            self.prepare(batch, self._prepared_shape)
 
     def run_once(self, batch: int) -> None:
         """One inference of ``batch`` images on the prepared input, finished when this returns."""
         if self._prepared_batch != batch:
-            self.prepare(batch, self._prepared_shape)
+            self._reprepare(batch)
         self._run_prepared()
         self._synchronize()
 
     def infer_timed(self, batch: int) -> float:
         """Latency of one inference of ``batch`` images in milliseconds (host clock on CPU)."""
         if self._prepared_batch != batch:
-            self.prepare(batch, self._prepared_shape)
+            self._reprepare(batch)
         t0 = time.perf_counter_ns()
         self._run_prepared()
         self._synchronize()

@@ -183,7 +183,7 @@ class OrtRunner(BaseRunner):
             return super().infer_timed(batch)
         import torch
         if self._prepared_batch != batch:
-            self.prepare(batch, self._prepared_shape)
+            self._reprepare(batch)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record(self._stream)
         self._run_prepared()

@@ -149,7 +149,7 @@ class TorchRunner(BaseRunner):
         if not self.device.startswith("cuda"):
             return super().infer_timed(batch)
         if self._prepared_batch != batch:
-            self.prepare(batch, self._prepared_shape)
+            self._reprepare(batch)
         self._start.record()
         self._run_prepared()
         self._end.record()

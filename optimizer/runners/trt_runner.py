@@ -214,7 +214,7 @@ class TrtRunner(BaseRunner):
     def infer_timed(self, batch: int) -> float:
         """Milliseconds of device time for one inference, from CUDA events on the engine's stream."""
         if self._prepared_batch != batch:
-            self.prepare(batch, self._prepared_shape)
+            self._reprepare(batch)
         self._start.record(self._stream)
         self._execute()
         self._end.record(self._stream)

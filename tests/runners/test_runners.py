@@ -70,6 +70,23 @@ def test_fast_path_computes_the_same_outputs(tiny_onnx):
     assert all(isinstance(v, float) and v > 0 for v in ms)
 
 
+def test_fast_path_times_real_inputs(tiny_onnx):
+    _, path = tiny_onnx
+    images = _x(3, seed=7)
+    with OrtRunner(path, threads=1) as o:
+        o.prepare(5, data=images)
+        o.run_once(5)
+        bound = o._y_ort[0].numpy()
+        # rows cycle to fill the batch: 0, 1, 2, 0, 1
+        np.testing.assert_allclose(bound, o.infer({"input": images[[0, 1, 2, 0, 1]]})["logits"], atol=1e-6)
+        o.infer_timed(2)  # another batch size re-prepares from the same images, not from noise
+        np.testing.assert_allclose(o._y_ort[0].numpy(), o.infer({"input": images[:2]})["logits"], atol=1e-6)
+        with pytest.raises(VitoptError, match="timing data has samples of shape"):
+            o.prepare(2, sample_shape=(3, 16, 16), data=images)
+        with pytest.raises(VitoptError, match="must be"):
+            o.prepare(2, data=np.zeros((0,), np.float32))
+
+
 def test_torch_runner_reduced_precision_leaves_model_alone():
     import torch
     model = tiny_vit()
