@@ -49,6 +49,15 @@ class ImageFolderData(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def with_samples(self, samples: list, transform=None) -> "ImageFolderData":
+        """A copy over ``samples`` (a subset of this folder's), optionally with another transform."""
+        import copy
+        other = copy.copy(self)
+        other.samples = list(samples)
+        if transform is not None:
+            other.transform = transform
+        return other
+
     def __getitem__(self, i: int):
         from PIL import Image
         path, label = self.samples[i]

@@ -113,6 +113,85 @@ def _evaluate(model, teacher, loader, device) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
 
 
+class HoldoutGuard:
+    """Mean KL(teacher || student) on held-out training images, and the best weights seen.
+
+    Label-free early stopping: the held-out images (every k-th of the training folder) are removed
+    from training; ``check`` scores the current weights and keeps a CPU copy when they are the
+    best so far, ``restore_best`` loads that copy. The teacher's logits are computed once.
+    """
+
+    def __init__(self, loader, teacher, device, keep_best: bool = True):
+        self.loader, self.teacher, self.device, self.keep_best = loader, teacher, device, keep_best
+        self._teacher_logits: Optional[list] = None
+        self.history: list = []
+        self.best: Optional[dict] = None
+        self._best_state: Optional[dict] = None
+
+    @classmethod
+    def split(cls, ds, fraction: float, transform, teacher, device, batch_size: int, workers: int,
+              keep_best: bool = True):
+        from ..data.folder import collate
+        k = max(2, round(1.0 / fraction))
+        held = ds.samples[::k]
+        ds.samples = [s for i, s in enumerate(ds.samples) if i % k]
+        if not held or not ds.samples:
+            raise VitoptError(f"holdout {fraction} leaves no images to train on or to check with")
+        loader = torch.utils.data.DataLoader(ds.with_samples(held, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+                                             collate_fn=collate)
+        return cls(loader, teacher, device, keep_best)
+
+    @torch.no_grad()
+    def score(self, model: nn.Module) -> dict:
+        import torch.nn.functional as F
+        was = model.training
+        model.eval()
+        first = self._teacher_logits is None
+        if first:
+            self._teacher_logits = []
+        kl, agree, n = 0.0, 0, 0
+        try:
+            for i, batch in enumerate(self.loader):
+                if batch.images.numel() == 0:
+                    if first:
+                        self._teacher_logits.append(None)
+                    continue
+                x = batch.images.to(self.device)
+                if first:
+                    self._teacher_logits.append(self.teacher(x).float().cpu())
+                zt = self._teacher_logits[i].to(self.device)
+                zs = model(x).float()
+                kl += float(F.kl_div(F.log_softmax(zs, 1), F.log_softmax(zt, 1), log_target=True, reduction="sum"))
+                agree += int((zs.argmax(1) == zt.argmax(1)).sum())
+                n += x.shape[0]
+        finally:
+            model.train(was)
+        return {"mean_kl": round(kl / max(n, 1), 6), "agreement": round(100.0 * agree / max(n, 1), 3), "images": n}
+
+    def check(self, model: nn.Module, step: int, say) -> dict:
+        r = {"step": step, **self.score(model)}
+        self.history.append(r)
+        if self.best is None or r["mean_kl"] < self.best["mean_kl"]:
+            self.best = r
+            self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        say(f"distill: held-out check at step {step}: KL {r['mean_kl']:.4f} agreement {r['agreement']:.2f} % "
+            f"({r['images']} images; best at step {self.best['step']})")
+        return r
+
+    def restore_best(self, model: nn.Module, say) -> None:
+        last = self.history[-1]
+        if self.best is not None and self.best["step"] != last["step"]:
+            model.load_state_dict(self._best_state)
+            say(f"distill: kept the weights of step {self.best['step']} (held-out KL {self.best['mean_kl']:.4f} "
+                f"< {last['mean_kl']:.4f} at the end)")
+
+    def report(self) -> dict:
+        return {"images": self.history[0]["images"] if self.history else 0, "history": self.history,
+                "best_step": self.best["step"] if self.best else None,
+                "returned_step": (self.best["step"] if self.keep_best else self.history[-1]["step"])
+                if self.history else None}
+
+
 def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional[DistillConfig] = None,
             *, resume: bool = False) -> dict:
     """Fine-tune ``student`` (in place) from the frozen ``teacher`` on ``ctx.calib_dir``.
@@ -156,6 +235,10 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     from ..data.folder import ImageFolderData, collate, eval_transform, train_transform
     tf = train_transform(student) if cfg.augment else eval_transform(student)
     ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit)
+    guard = None
+    if cfg.holdout > 0:
+        guard = HoldoutGuard.split(ds, cfg.holdout, eval_transform(student), teacher, device, cfg.batch_size,
+                                   ctx.workers, cfg.keep_best)
     if len(ds) < world:
         raise VitoptError(f"{len(ds)} training images cannot be split over {world} processes")
     if cfg.needs_labels:
@@ -212,6 +295,9 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
 
     if cfg.eval_at_start and start == 0:
         run_eval(0)
+    if guard is not None:
+        guard.check(student, start, say)
+        student.train()
 
     s_layers, t_layers = [s for s, _ in pairs], [t for _, t in pairs]
     tap_s, tap_t = BlockTap(student, s_layers), BlockTap(teacher, t_layers) if pairs else None
@@ -291,6 +377,9 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                     _save_state(state_path, cfg, step, student, opt, ema, scaler, history, is_main)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     run_eval(step)
+                    if guard is not None:
+                        guard.check(student if ema is None else ema.module, step, say)
+                        student.train()
             epoch, offset = epoch + 1, 0
     finally:
         tap_s.remove()
@@ -301,6 +390,10 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     train_seconds = time.perf_counter() - t0
     if ema is not None:
         student.load_state_dict(ema.module.state_dict())
+    if guard is not None:
+        guard.check(student, step, say)
+        if guard.keep_best:
+            guard.restore_best(student, say)
     if state_path is not None and cfg.save_every:
         _save_state(state_path, cfg, step, student if ema is None else ema.module, opt, ema, scaler, history,
                     is_main)
@@ -316,6 +409,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
         "lr": base_lr, "first_losses": first or {}, "final_losses": final,
         "evals": history, "final_eval": history[-1] if history else None,
         "unreadable_images": len(failed), "config": cfg.to_dict(),
+        "holdout": guard.report() if guard is not None else None,
     }
     return report
 

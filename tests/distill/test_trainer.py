@@ -120,3 +120,48 @@ def test_schedule_warms_up_then_decays_to_min():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lr_at(100, 100, 1.0, 10, 0.01) == pytest.approx(0.01)
+
+
+def test_holdout_guard_returns_the_best_weights_seen(image_folder):
+    """A destructive run (huge lr) comes back as the starting weights; a good one keeps its last step."""
+    syn = str(image_folder.parent / "synsets.tsv")
+    student, teacher = _pair()
+    start = copy.deepcopy(student.state_dict())
+    bad = dict(FAST, lr=0.5, clip_grad=None)
+    rep = recover(student, teacher, _ctx(image_folder, synsets=syn), DistillConfig(steps=4, holdout=0.34, **bad))
+    hist = rep["holdout"]["history"]
+    assert [h["step"] for h in hist] == [0, 4] and hist[-1]["mean_kl"] > hist[0]["mean_kl"]
+    assert rep["holdout"]["returned_step"] == 0
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())
+
+    student2, _ = _pair()
+    recover(student2, teacher, _ctx(image_folder, synsets=syn),
+            DistillConfig(steps=4, holdout=0.34, keep_best=False, **bad))
+    assert not torch.equal(_params(student2), _params(_pair()[0]))       # keep_best off: the last weights
+
+    student3, _ = _pair()
+    rep3 = recover(student3, teacher, _ctx(image_folder, synsets=syn),
+                   DistillConfig(steps=12, holdout=0.34, eval_every=6, **FAST))
+    h3 = rep3["holdout"]["history"]
+    assert [h["step"] for h in h3] == [0, 6, 12]
+    assert rep3["holdout"]["returned_step"] == min(h3, key=lambda h: h["mean_kl"])["step"]
+    assert h3[-1]["mean_kl"] < h3[0]["mean_kl"]
+
+
+def test_holdout_images_are_never_trained_on(image_folder):
+    from optimizer.data.folder import ImageFolderData, eval_transform
+    from optimizer.distill.trainer import HoldoutGuard
+    model = tiny_vit(depth=1)
+    ds = ImageFolderData(image_folder, eval_transform(model), synsets=str(image_folder.parent / "synsets.tsv"))
+    every = [str(p) for p, _ in ds.samples]
+    guard = HoldoutGuard.split(ds, 0.34, eval_transform(model), model, torch.device("cpu"), 2, 0)
+    held = [str(p) for p, _ in guard.loader.dataset.samples]
+    train = [str(p) for p, _ in ds.samples]
+    assert held == every[::3] and not set(held) & set(train) and sorted(held + train) == sorted(every)
+
+
+def test_holdout_config_errors():
+    with pytest.raises(ValueError, match="holdout must be"):
+        DistillConfig(holdout=0.8)
+    with pytest.raises(ValueError, match="needs alpha > 0 or beta > 0"):
+        DistillConfig(holdout=0.1, alpha=0.0, beta=0.0)

@@ -78,7 +78,12 @@ def test_apply_meets_budget_and_restores(image_folder, tmp_path, importance):
                   arch="vit_tiny_patch16_224", model_kwargs=KW)
     ratio = count_macs(cm.model).macs / dense_macs
     assert abs(ratio - 0.6) <= 0.02 * 0.6
-    assert cm.steps[0]["report"]["recovery"]["recovery"] == "logit"
+    rec = cm.steps[0]["report"]["recovery"]
+    assert rec["recovery"] == "logit" and rec["config"]["beta"] == 0.0
+    # the held-out guard scored the slice before and after, and returned the better of the two
+    hist = rec["holdout"]["history"]
+    assert [h["step"] for h in hist] == [0, rec["steps"]]
+    assert rec["holdout"]["returned_step"] == min(hist, key=lambda h: h["mean_kl"])["step"]
     save_compressed(tmp_path / "out", cm)
     loaded = load_compressed(tmp_path / "out").model
     x = torch.randn(2, 3, 32, 32)

@@ -17,7 +17,7 @@ from ...compress.registry import register_method
 from .budget import Geometry, plan_counts, solve_budget
 from .config import SlimConfig
 from .method import apply, importance_of, slim_from_importance
-from .recovery import logit_recover, recover_model
+from .recovery import recover_model
 from .search import SearchModel, SearchResult, search_masks
 from .slicing import rebuild, slice_model, structure_from_plan
 
@@ -26,4 +26,4 @@ register_method("slim", SlimConfig, apply, rebuild,
 
 __all__ = ["SlimConfig", "apply", "rebuild", "slice_model", "structure_from_plan", "search_masks",
            "SearchModel", "SearchResult", "Geometry", "plan_counts", "solve_budget", "importance_of",
-           "slim_from_importance", "recover_model", "logit_recover"]
+           "slim_from_importance", "recover_model"]

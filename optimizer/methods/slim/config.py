@@ -23,6 +23,8 @@ class SlimConfig(MethodConfig):
     types; "per_type" keeps the same fraction of each mask type by mask value (the paper's rule).
     Search defaults follow the paper (l1 weights 2e-4 / 5e-5 / 1e-4, AdamW, token z init 3) except
     ``mask_lr``: a short search (a few hundred steps instead of 50 epochs) needs larger steps.
+    Recovery: ``recovery_holdout`` of the calibration images are held out and the weights with the
+    lowest KL to the teacher on them are kept (never worse than the unrecovered slice on them).
     """
 
     macs_ratio: Optional[float] = None
@@ -54,6 +56,8 @@ class SlimConfig(MethodConfig):
     recovery_epochs: float = 1.0
     recovery_lr: float = 1e-4
     recovery_batch_size: int = 32
+    recovery_augment: bool = True
+    recovery_holdout: float = 0.1
 
     def __post_init__(self):
         if (self.macs_ratio is None) == (self.params_ratio is None):
@@ -75,6 +79,8 @@ class SlimConfig(MethodConfig):
         for name in ("lr", "mask_lr", "tau", "token_init", "recovery_lr", "epochs"):
             check_positive(name, getattr(self, name))
         check_positive("recovery_epochs", self.recovery_epochs, allow_zero=True)
+        if not isinstance(self.recovery_holdout, (int, float)) or not 0.0 <= self.recovery_holdout <= 0.5:
+            raise ValueError(f"recovery_holdout must be a fraction in [0, 0.5], got {self.recovery_holdout!r}")
         for name in ("batch_size", "checkpoint_every", "baseline_batches", "recovery_batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
