@@ -192,7 +192,8 @@ def stage_compress(args, work: Path, state: dict) -> None:
         cfg = SlimConfig(macs_ratio=budget, ranking=chosen_ranking(args, state), importance=kind,
                          recovery=args.recovery,
                          recovery_epochs=args.recovery_epochs, recovery_lr=args.recovery_lr,
-                         recovery_batch_size=args.batch_size, epochs=args.search_epochs, batch_size=args.batch_size)
+                         recovery_batch_size=args.batch_size, recovery_augment=not args.no_recovery_augment,
+                         recovery_holdout=args.recovery_holdout, epochs=args.search_epochs, batch_size=args.batch_size)
         with Clock() as c_slice:
             model, structure, rep = slim_from_importance(model, res, cfg)
         with Clock() as c_rec:
@@ -270,6 +271,15 @@ def _f(v, nd=2, pct=False):
     return f"{v:.{nd}f}{' %' if pct else ''}"
 
 
+def _kept(rec) -> str:
+    """'kept step / steps (held-out KL before -> kept)' of a recovery report."""
+    h = (rec or {}).get("holdout") or {}
+    if not h.get("history"):
+        return "-"
+    kept = next(x for x in h["history"] if x["step"] == h["returned_step"])
+    return f"{kept['step']}/{rec['steps']} (KL {h['history'][0]['mean_kl']:.3f}->{kept['mean_kl']:.3f})"
+
+
 def stage_report(args, work: Path, state: dict) -> None:
     from optimizer.bench.environment import environment
     state["environment"] = environment()
@@ -289,18 +299,21 @@ def stage_report(args, work: Path, state: dict) -> None:
              f"frozen weights, {_f(state['compute']['search']['wall_s'] / 60, 1)} min wall); baseline = "
              f"{args.baseline} importance ({args.baseline_batches} batches). Ranking: {chosen_ranking(args, state)} "
              f"(--ranking {args.ranking}). "
-             f"Recovery: {args.recovery}, {args.recovery_epochs} epoch(s) on {args.train}.", "",
+             f"Recovery: {args.recovery}, {args.recovery_epochs} epoch(s), lr {args.recovery_lr}, "
+             f"{'no augmentation' if args.no_recovery_augment else 'timm RandAugment'} on {args.train} minus a "
+             f"{args.recovery_holdout:.0%} held-out share; the weights with the lowest KL to the dense model on the "
+             "held-out images are kept (step 0 = the unrecovered slice; 'kept step' column).", "",
              "| model | params M | GMACs | MACs ratio | top-1 | dense top-1 | Δ top-1 | agreement | "
              + " | ".join(f"speedup b{b} (ideal)" for b in args.batches)
-             + " | engine MB | act. MB | compute min |",
-             "|---" * (10 + len(args.batches)) + "|"]
+             + " | engine MB | act. MB | kept step | compute min |",
+             "|---" * (11 + len(args.batches)) + "|"]
     ev0 = state["eval"][done(args, state)[0]]
     dense_lat = {b: lat.get(("dense", b)) for b in args.batches}
     de = eng.get("dense", {}) if isinstance(eng, dict) else {}
     lines.append(f"| dense | {dense['params'] / 1e6:.2f} | {dense['macs'] / 1e9:.3f} | 1.000 | {_f(ev0['dense_top1'])} | "
                  f"{_f(ev0['dense_top1'])} | 0.00 | 100.00 | "
                  + " | ".join(f"1.00 ({_f(dense_lat[b]['p50_ms'], 1) if dense_lat[b] else '-'} ms)" for b in args.batches)
-                 + f" | {_mb(de.get('engine_bytes'))} | {_mb(de.get('activation_bytes'))} | - |")
+                 + f" | {_mb(de.get('engine_bytes'))} | {_mb(de.get('activation_bytes'))} | - | - |")
     for name in done(args, state):
         c, e = state["compress"][name], state["eval"][name]
         sp = []
@@ -313,7 +326,7 @@ def stage_report(args, work: Path, state: dict) -> None:
                      f"{_f(e['top1'])} | {_f(e['dense_top1'])} | {_f(e['top1'] - e['dense_top1'])} | "
                      f"{_f(e['agreement'])} | " + " | ".join(sp)
                      + f" | {_mb(en.get('engine_bytes'))} | {_mb(en.get('activation_bytes'))}"
-                     f" | {minutes:.1f} |")
+                     f" | {_kept(c.get('recovery'))} | {minutes:.1f} |")
     lines += ["", "Compute (wall / CPU seconds, 2-core CPU): " + ", ".join(
         f"{k} {v['wall_s']} / {v['cpu_s']}" for k, v in state["compute"].items()) +
         "; per model: slicing + recovery in the table (minutes, wall).", ""]
@@ -364,6 +377,9 @@ def main(argv=None) -> int:
     p.add_argument("--recovery", default="auto")
     p.add_argument("--recovery-epochs", type=float, default=1.0)
     p.add_argument("--recovery-lr", type=float, default=1e-4)
+    p.add_argument("--recovery-holdout", type=float, default=0.1,
+                   help="share of train images held out; the recovery keeps the weights with the lowest KL on them")
+    p.add_argument("--no-recovery-augment", action="store_true", help="recover on the eval transform")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--baseline-batches", type=int, default=8)
     p.add_argument("--probe-limit", type=int, default=None)
