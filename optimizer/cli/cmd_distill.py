@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", help="images per step and process (default 64)")
     p.add_argument("--alpha", help="weight of logit KD vs label CE, in [0, 1] (default 1: no labels needed)")
     p.add_argument("--beta", help="weight of the manifold (feature relation) loss (default 1; 0 = logit KD only)")
+    p.add_argument("--holdout", help="share of --data held out of training (e.g. 0.1); the weights with the lowest "
+                   "KL to the teacher on it are returned (default 0: off)")
     p.add_argument("--eval-every", help="steps between evaluations on --val (default: start and end only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other DistillConfig field (repeatable), e.g. --set ema_decay=0.999")
@@ -50,7 +52,8 @@ def _config(args):
     from ..distill import DistillConfig
     opts = parse_set_options(args.set)
     for flag, field in (("epochs", "epochs"), ("steps", "steps"), ("lr", "lr"), ("batch_size", "batch_size"),
-                        ("alpha", "alpha"), ("beta", "beta"), ("eval_every", "eval_every"), ("val", "val_dir")):
+                        ("alpha", "alpha"), ("beta", "beta"), ("eval_every", "eval_every"), ("val", "val_dir"),
+                        ("holdout", "holdout")):
         v = getattr(args, flag)
         if v is not None:
             if field in opts:

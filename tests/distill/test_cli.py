@@ -49,6 +49,7 @@ def test_cli_distills_saves_and_resumes(dirs, image_folder, capsys):
     (["--alpha", "2"], "alpha must be in"),
     (["--set", "nope=1"], "unknown distill option"),
     (["--resume"], "needs --work-dir"),
+    (["--holdout", "0.9"], "holdout must be a fraction"),
 ])
 def test_cli_errors_are_one_line(dirs, image_folder, capsys, extra, msg):
     argv = ["distill", "--student", str(dirs / "student"), "--teacher", str(dirs / "teacher"),
@@ -63,3 +64,13 @@ def test_cli_refuses_random_teacher(dirs, image_folder, capsys):
             "--data", str(image_folder)]
     assert main(argv) == 2
     assert "random weights" in capsys.readouterr().err
+
+
+def test_cli_holdout_reports_the_guard(dirs, image_folder):
+    js = dirs / "h.json"
+    argv = ["distill", "--student", str(dirs / "student"), "--teacher", str(dirs / "teacher"),
+            "--data", str(image_folder), "--steps", "2", "--batch-size", "2", "--workers", "0",
+            "--holdout", "0.34", "--set", "augment=false", "--json", str(js)]
+    assert main(argv) == 0
+    h = json.loads(js.read_text())["report"]["holdout"]
+    assert [r["step"] for r in h["history"]] == [0, 2] and h["images"] >= 1
