@@ -83,6 +83,21 @@ def write_json(path: str | os.PathLike, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json(path: str | os.PathLike, missing: str) -> dict:
+    """A JSON object from ``path``; VitoptError(``missing``) when there is no such file, and a
+    one-line error naming the file when it is not a JSON object."""
+    p = Path(path)
+    if not p.is_file():
+        raise VitoptError(missing)
+    try:
+        obj = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VitoptError(f"{p} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise VitoptError(f"{p} is not a JSON object")
+    return obj
+
+
 def _json_default(o):
     if hasattr(o, "to_dict"):
         return o.to_dict()

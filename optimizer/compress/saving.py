@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import VitoptError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, read_json
 from .api import RECIPE_VERSION, CompressedModel
 from .registry import get_method
 
@@ -29,12 +29,7 @@ def save_compressed(path: str | os.PathLike, cm: CompressedModel) -> Path:
 
 def read_recipe(path: str | os.PathLike) -> dict:
     p = Path(path) / RECIPE
-    if not p.is_file():
-        raise VitoptError(f"{path} is not a compressed model directory (no {RECIPE})")
-    try:
-        recipe = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise VitoptError(f"{p} is not valid JSON: {e}") from None
+    recipe = read_json(p, f"{path} is not a compressed model directory (no {RECIPE})")
     if recipe.get("format") != "vitopt-recipe" or recipe.get("version") != RECIPE_VERSION:
         raise VitoptError(f"{p} is not a vitopt recipe of version {RECIPE_VERSION}")
     return recipe

@@ -280,14 +280,9 @@ def save_engine(built: BuiltEngine, path, json_path=None) -> Path:
 
 def read_sidecar(engine_path) -> dict:
     """The sidecar JSON written by ``save_engine`` for ``engine_path``."""
-    import json
+    from ..fileio import read_json
     p = sidecar_path(engine_path)
-    if not p.is_file():
-        raise VitoptError(f"no sidecar {p} next to the engine")
-    try:
-        info = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise VitoptError(f"{p} is not valid JSON: {e}") from None
+    info = read_json(p, f"no sidecar {p} next to the engine")
     if info.get("format") != SIDECAR_FORMAT:
         raise VitoptError(f"{p} is not a vitopt engine sidecar")
     return info
