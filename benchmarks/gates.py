@@ -43,22 +43,42 @@ def _dense(weights):
     return load_model(ARCH, weights).model.eval()
 
 
+def _start_model(a):
+    """(model, prior recipe steps, its MACs ratio vs dense): the dense model, or --base (a compressed
+    model directory, e.g. a slim result: USDC's static part) that the gates step follows."""
+    from optimizer.compress import load_compressed
+    from optimizer.counting import count_macs
+    if not a.base:
+        return _dense(a.weights), [], 1.0
+    cm = load_compressed(a.base)
+    if cm.arch != ARCH:
+        raise SystemExit(f"--base {a.base} is a {cm.arch}, not a {ARCH}")
+    ratio = count_macs(cm.model).macs / count_macs(_dense(a.weights)).macs
+    return cm.model.eval(), list(cm.steps), ratio
+
+
 def stage_train(a) -> dict:
     from optimizer.compress import CompressContext, compress, save_compressed
     from optimizer.methods.gates import GatesConfig
     out = {}
     for name in a.variants:
-        model = _dense(a.weights)
-        teacher = copy.deepcopy(model)
-        cfg = GatesConfig(macs_ratio=a.macs, **VARIANTS[name], epochs=a.epochs, steps=a.steps,
+        model, prior, base_ratio = _start_model(a)
+        # the teacher is always the dense model: accuracy is judged against it
+        teacher = _dense(a.weights)
+        step_target = a.macs / base_ratio
+        if not 0 < step_target <= 1:
+            raise SystemExit(f"--macs {a.macs} is not below the base model's {base_ratio:.3f} of dense MACs")
+        cfg = GatesConfig(macs_ratio=round(step_target, 4), **VARIANTS[name], epochs=a.epochs, steps=a.steps,
                           batch_size=a.train_batch, lr_backbone=a.lr_backbone, finetune_steps=a.finetune_steps,
-                          calib_groups=(1, a.train_batch))
+                          calib_groups=(1, a.train_batch), augment=a.augment, gamma=a.gamma)
         ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=0)
         t0 = time.perf_counter()
-        cm = compress(model, [cfg], ctx, arch=ARCH, base_weights="checkpoint")
+        cm = compress(model, [cfg], ctx, arch=ARCH, base_weights="checkpoint", prior_steps=prior)
         save_compressed(Path(a.work) / name, cm)
-        rep = cm.steps[0]["report"]
-        out[name] = {"config": cfg.to_dict(), "seconds": round(time.perf_counter() - t0, 1), "report": rep}
+        rep = cm.steps[-1]["report"]
+        out[name] = {"config": cfg.to_dict(), "seconds": round(time.perf_counter() - t0, 1), "report": rep,
+                     "base": a.base or None, "base_macs_ratio": round(base_ratio, 4),
+                     "dense_params": sum(p.numel() for p in teacher.parameters())}
         print(f"[train] {name}: {out[name]['seconds']} s, deployed params {rep['deployed_params']}", flush=True)
     return out
 
@@ -231,16 +251,20 @@ def report(out_dir: Path) -> str:
              "Machine: shared 2-core CPU, no GPU. Command: `flock /tmp/vitopt-heavy.lock python benchmarks/gates.py`.",
              "Gates trained from the dense model on imagenet-mini/train (1,023 images), evaluated on val (491).", ""]
     if tr:
-        lines += ["## Training and memory bound", "", "| variant | sub-group aug | steps | seconds | dense params | "
+        lines += ["## Training and memory bound", "", "| variant | start | sub-group aug | steps | seconds | dense params | "
                   "deployed params (memory bound) | heads static/dynamic | MLP groups dynamic | max MACs ratio |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, v in tr.items():
             r = v["report"]
             g = r["gates"]
             mode = v['config'].get('subgroup_mode', 'tree') if v['config']['subgroup_aug'] else 'off'
-            lines.append(f"| {name} | {mode} | {r['train']['steps']} | {v['seconds']} | "
-                         f"{r['dense_params']:,} | {r['deployed_params']:,} ({r['deployed_params'] / r['dense_params']:.1%}) | "
-                         f"{g['static_heads']}/{g['dynamic_heads']} | {g['dynamic_mlp_groups']} | {r['max_macs_ratio']} |")
+            dp = v.get("dense_params", r["dense_params"])
+            start = (f"{Path(v['base']).name} ({v['base_macs_ratio']} MACs)" if v.get("base") else "dense")
+            # max_macs_ratio is against the step's input; x base ratio = against dense
+            mx = round(r['max_macs_ratio'] * v.get('base_macs_ratio', 1.0), 4)
+            lines.append(f"| {name} | {start} | {mode} | {r['train']['steps']} | {v['seconds']} | "
+                         f"{dp:,} | {r['deployed_params']:,} ({r['deployed_params'] / dp:.1%}) | "
+                         f"{g['static_heads']}/{g['dynamic_heads']} | {g['dynamic_mlp_groups']} | {mx} |")
         lines.append("")
     if ev:
         lines += ["## Accuracy vs inference batch (= gate group size)", "",
@@ -315,7 +339,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--train-batch", type=int, default=32)
-    p.add_argument("--lr-backbone", type=float, default=1e-4)
+    p.add_argument("--lr-backbone", type=float, default=0.0)
+    p.add_argument("--gamma", type=float, default=100.0)
+    p.add_argument("--augment", action="store_true", help="timm RandAugment on the gate-training images")
+    p.add_argument("--base", default="", help="compressed model dir to gate (static part, e.g. a slim result); "
+                   "--macs stays the total target vs dense")
     p.add_argument("--finetune-steps", type=int, default=0)
     p.add_argument("--batches", default="1,2,8,32,64")
     p.add_argument("--latency-batches", default="1,8,32")
