@@ -47,6 +47,9 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", default=os.environ.get("VITOPT_CHECKPOINT") or None,
                    help="weights for a timm model name (default: $VITOPT_CHECKPOINT; none: random weights, "
                         "fine for latency)")
+    p.add_argument("--images", metavar="DIR",
+                   help="time on real images from DIR (evenly spaced, eval transform; rows cycled to fill a "
+                        "batch) instead of random data: input-adaptive (gated) models do content-dependent work")
     p.add_argument("--interleaved", action="store_true",
                    help="with two or more backends, also time them round-robin in one run (10 rounds) and "
                         "report speedups vs the first backend")
@@ -103,6 +106,9 @@ def _validate(args):
     threads = positive_int(args.threads, "--threads") if args.threads is not None else None
     _check_output(args.json, "--json")
     _check_output(args.markdown, "--markdown")
+    if args.images is not None:
+        from ..fileio import require_dir
+        require_dir(args.images, "--images directory")
     if kind == "onnx":
         require_file(args.target, "ONNX model")
     elif kind == "engine":
@@ -179,6 +185,38 @@ def _trt_runner(kind, target, onnx_path, fp16, tmp: Path, batches):
     return TrtRunner(engine_path)
 
 
+def _timing_images(folder: str, count: int, loaded, runner):
+    """(count, C, H, W) float32 images from ``folder``: the model's own eval transform for a model,
+    else timm's default eval transform (ImageNet mean/std, bicubic, crop 0.875) at the runner's input
+    size, since an ONNX file or engine does not record its preprocessing."""
+    import numpy as np
+    import torch
+    from ..data.folder import ImageFolderData, collate, eval_transform
+    if loaded is not None:
+        tf = eval_transform(loaded.model)
+        note = "the model's eval transform"
+    else:
+        from timm.data import create_transform
+        from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        runner.activate()
+        shape = runner.sample_shape
+        if not shape or len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise VitoptError(f"--images: cannot tell the input size of {runner.name} (input shape {shape}); "
+                              "it needs fixed channel/height/width dimensions")
+        tf = create_transform(input_size=tuple(shape), crop_pct=0.875, interpolation="bicubic",
+                              mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+        note = f"ImageNet mean/std at {shape[1]}x{shape[2]}"
+    ds = ImageFolderData(folder, tf, labeled=False)
+    step = max(1, len(ds.samples) // count)
+    ds = ds.with_samples(ds.samples[::step][:count])
+    batch = collate([ds[i] for i in range(len(ds))])
+    if batch.images.numel() == 0:
+        raise VitoptError(f"--images: no readable image in {folder}")
+    print(f"inputs: {batch.images.shape[0]} images from {folder} ({note}; rows cycled to fill a batch)",
+          file=sys.stderr)
+    return np.ascontiguousarray(batch.images.to(torch.float32).numpy())
+
+
 def run(args) -> int:
     from ..bench import benchmark, interleaved_latency, interleaved_to_markdown, rows_to_dict, to_markdown
     from ..fileio import write_json, write_text
@@ -191,6 +229,7 @@ def run(args) -> int:
         loaded = load_model(args.target, args.checkpoint)
         print(f"model: {loaded.describe()}", file=sys.stderr)
     rows, skipped, notes, runners, inter = [], [], [], {}, None
+    inputs, inputs_note = None, "random standard-normal input (seed 0)"
     with tempfile.TemporaryDirectory(prefix="vitopt-bench-") as td:
         tmp = Path(td)
         onnx_path = args.target if kind == "onnx" else None
@@ -211,16 +250,22 @@ def run(args) -> int:
                                    providers="cuda" if args.device == "cuda" else None)
             else:
                 runner = _trt_runner(kind, args.target, onnx_path, args.fp16, tmp, batches)
+            if args.images is not None and inputs is None:
+                inputs = _timing_images(args.images, max(batches), loaded, runner)
+                inputs_note = f"{inputs.shape[0]} images from {args.images}"
             print(f"{backend}: batch {','.join(map(str, batches))}, warmup {warmup}, "
                   f">= {iters} iterations and >= {min_time:g} s per batch size", file=sys.stderr)
-            rows += benchmark(runner, batches, warmup=warmup, iters=iters, min_time_s=min_time)
+            rows += benchmark(runner, batches, warmup=warmup, iters=iters, min_time_s=min_time, inputs=inputs)
             runners[backend] = runner
         if args.interleaved and len(runners) >= 2:
             per_round = max(1, -(-iters // 10))
             print(f"interleaved: {', '.join(runners)}, 10 rounds x {per_round} iterations each", file=sys.stderr)
-            inter = interleaved_latency(runners, batches, rounds=10, iters_per_round=per_round, warmup=warmup)
+            inter = interleaved_latency(runners, batches, rounds=10, iters_per_round=per_round, warmup=warmup,
+                                        inputs=inputs)
         elif args.interleaved:
             print("interleaved: skipped, needs two backends that ran", file=sys.stderr)
+        for r in runners.values():     # --images activates a runner early; free it before its files go
+            r.deactivate()
     if not rows:
         raise VitoptError("nothing was benchmarked: every requested backend was skipped")
     md = to_markdown(rows, title=f"vitopt bench {args.target}")
@@ -232,7 +277,8 @@ def run(args) -> int:
                 "notes": notes, "settings": {"batch_sizes": batches, "warmup": warmup, "iters": iters,
                                              "min_time_s": min_time, "threads": threads,
                                              "ort_allow_spinning": args.spinning, "fp16": args.fp16,
-                                             "device": args.device}, "interleaved": inter})
+                                             "device": args.device, "inputs": inputs_note},
+                "interleaved": inter})
     if args.json:
         write_json(args.json, out)
     if args.markdown:

@@ -73,6 +73,7 @@ def test_bench_model_dir_torch_and_exported_ort(tmp_path, capsys):
     (["{onnx}", "--threads", "0"], "--threads must be positive"),
     (["{corrupt}"], "cannot load ONNX model"),
     (["{engine}", "--backend", "onnxruntime"], "cannot run the TensorRT engine"),
+    (["{onnx}", "--images", "{missing}"], "--images directory not found"),
     (["no_such_model_xyz"], "unknown model 'no_such_model_xyz'"),
 ])
 def test_bench_errors_are_one_line(tiny_onnx, tmp_path, capsys, argv, message):
@@ -101,3 +102,18 @@ def test_bench_engine_without_gpu_is_skipped_not_crashed(tmp_path, capsys):
     assert rc == 2
     assert cap.out.strip() == SKIP_LINE
     assert cap.err.strip() == "vitopt bench: error: nothing was benchmarked: every requested backend was skipped"
+
+
+def test_bench_times_real_images(tiny_onnx, image_folder, tmp_path, capsys):
+    _, path = tiny_onnx
+    js = tmp_path / "b.json"
+    rc = main(["bench", path, "--batch", "1,4", "--threads", "1", "--images", str(image_folder),
+               "--json", str(js)] + FAST)
+    err = capsys.readouterr().err
+    assert rc == 0
+    res = json.loads(js.read_text())
+    # 7 files, one corrupt: 4 evenly spaced picks, the corrupt one dropped by the collate at most
+    assert res["settings"]["inputs"].endswith(f"images from {image_folder}")
+    n = int(res["settings"]["inputs"].split()[0])
+    assert 3 <= n <= 4 and "ImageNet mean/std at 32x32" in err
+    assert sorted(r["batch"] for r in res["rows"]) == [1, 4]
