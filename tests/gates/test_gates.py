@@ -415,3 +415,27 @@ def test_level_group_sizes_cycle_through_every_level():
     assert [level_group_sizes(8, t) for t in range(5)] == [[8], [4, 4], [2, 2, 2, 2], [1] * 8, [8]]
     assert level_group_sizes(6, 1) == [3, 3] and level_group_sizes(6, 2) == [1] * 6
     assert level_group_sizes(5, 1) == [2, 2, 1]
+
+
+def test_gates_after_slim_export_parity(tmp_path):
+    """slim (per-block widths + a token gather) then gates exports with the decision in the graph and
+    matches PyTorch at several batch sizes (= gate group sizes)."""
+    import numpy as np
+    from optimizer.methods.gates.export import onnx_from_gated
+    from optimizer.methods.slim.slicing import rebuild as slim_rebuild
+    from optimizer.runners import OrtRunner
+    structure = {"format": "slim-structure", "version": 1, "blocks": [
+        {"num_heads": 3, "head_dim": 16, "scale": 0.25, "mlp_hidden": 200, "token_index": None,
+         "token_positions": None},
+        {"num_heads": 2, "head_dim": 12, "scale": 0.25, "mlp_hidden": 96, "token_index": list(range(12)),
+         "token_positions": list(range(12))}]}
+    model = gate_model(slim_rebuild(tiny_vit(), structure).eval(), group_size=32, gate_hidden=8)
+    _randomise_gates(model, seed=5)
+    model.eval()
+    onnx_from_gated(model, tmp_path / "g.onnx")
+    with OrtRunner(tmp_path / "g.onnx", threads=1) as r:
+        for b in (1, 2, 5):
+            x = _x(b, seed=b)
+            with torch.no_grad():
+                ref = model(x).numpy()
+            np.testing.assert_allclose(r.infer({r.input_name: x.numpy()})["logits"], ref, atol=1e-5)
