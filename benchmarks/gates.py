@@ -47,10 +47,11 @@ def _start_model(a):
     """(model, prior recipe steps, its MACs ratio vs dense): the dense model, or --base (a compressed
     model directory, e.g. a slim result: USDC's static part) that the gates step follows."""
     from optimizer.compress import load_compressed
+    from optimizer.compress.saving import compressed_from_loaded
     from optimizer.counting import count_macs
     if not a.base:
         return _dense(a.weights), [], 1.0
-    cm = load_compressed(a.base)
+    cm = compressed_from_loaded(load_compressed(a.base))
     if cm.arch != ARCH:
         raise SystemExit(f"--base {a.base} is a {cm.arch}, not a {ARCH}")
     ratio = count_macs(cm.model).macs / count_macs(_dense(a.weights)).macs
