@@ -37,7 +37,7 @@ class BaseRunner:
         self.output_names: List[str] = []
         self.precision: str = "fp32"
         self._prepared_batch: Optional[int] = None
-        self._prepared_shape: Optional[tuple] = None
+        self._prepared_shape: Optional[Tuple[int, ...]] = None
         self._prepared_data: Optional[np.ndarray] = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -113,35 +113,27 @@ class BaseRunner:
         if batch < 1:
             raise VitoptError(f"batch size must be positive, got {batch}")
         if data is not None:
-            arr = np.asarray(data)
-            if arr.ndim < 2 or arr.shape[0] < 1:
-                raise VitoptError(f"runner {self.name}: timing data must be (N, *sample_shape), got {arr.shape}")
-            shape = tuple(arr.shape[1:])
+            data = np.asarray(data)
+            if data.ndim < 2 or data.shape[0] < 1:
+                raise VitoptError(f"runner {self.name}: timing data must be (N, *sample_shape), got {data.shape}")
+            shape = tuple(data.shape[1:])
             if sample_shape and tuple(sample_shape) != shape:
                 raise VitoptError(f"runner {self.name}: timing data has samples of shape {shape}, "
                                   f"expected {tuple(sample_shape)}")
-            key = ("data", id(data), shape)
-            if self._prepared_batch == batch and self._prepared_shape == key:
-                return
-            rows = np.resize(np.arange(arr.shape[0]), batch)      # cycles the row index
-            self._prepare(np.ascontiguousarray(arr[rows]).astype(self.input_dtype))
-            self._prepared_batch, self._prepared_shape, self._prepared_data = batch, key, data
+        else:
+            shape = tuple(sample_shape) if sample_shape else (self.sample_shape or DEFAULT_SAMPLE_SHAPE)
+        if self._prepared_batch == batch and self._prepared_shape == shape and self._prepared_data is data:
             return
-        shape = tuple(sample_shape) if sample_shape else (self.sample_shape or DEFAULT_SAMPLE_SHAPE)
-        if self._prepared_batch == batch and self._prepared_shape == shape:
-            return
-        data = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(self.input_dtype)
-        self._prepare(data)
-        self._prepared_batch = batch
-        self._prepared_shape = shape
-        self._prepared_data = None
+        if data is not None:
+            x = data[np.resize(np.arange(data.shape[0]), batch)]      # rows cycled to fill the batch
+        else:
+            x = np.random.default_rng(seed).standard_normal((batch, *shape))
+        self._prepare(np.ascontiguousarray(x).astype(self.input_dtype))
+        self._prepared_batch, self._prepared_shape, self._prepared_data = batch, shape, data
 
     def _reprepare(self, batch: int) -> None:
         """Prepare another batch size from the same source (random shape or real data) as before."""
-        if self._prepared_data is not None:
-            self.prepare(batch, data=self._prepared_data)
-        else:
-            self.prepare(batch, self._prepared_shape)
+        self.prepare(batch, self._prepared_shape, data=self._prepared_data)
 
     def run_once(self, batch: int) -> None:
         """One inference of ``batch`` images on the prepared input, finished when this returns."""
