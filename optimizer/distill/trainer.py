@@ -117,13 +117,13 @@ class HoldoutGuard:
     """Mean KL(teacher || student) on held-out training images, and the best weights seen.
 
     Label-free early stopping: the held-out images (every k-th of the training folder) are removed
-    from training; ``check`` scores the current weights and keeps a CPU copy when they are the
-    best so far, ``restore_best`` loads that copy. The teacher's logits are computed once.
+    from training; ``check`` scores the current weights (``optimizer.evaluation.evaluate`` against
+    the teacher) and keeps a CPU copy when they are the best so far, ``restore_best`` loads that
+    copy. A resumed run starts its history at the resumed weights (the earlier best is not kept).
     """
 
     def __init__(self, loader, teacher, device, keep_best: bool = True):
         self.loader, self.teacher, self.device, self.keep_best = loader, teacher, device, keep_best
-        self._teacher_logits: Optional[list] = None
         self.history: list = []
         self.best: Optional[dict] = None
         self._best_state: Optional[dict] = None
@@ -131,42 +131,27 @@ class HoldoutGuard:
     @classmethod
     def split(cls, ds, fraction: float, transform, teacher, device, batch_size: int, workers: int,
               keep_best: bool = True):
+        """Move every round(1/fraction)-th sample of ``ds`` into the guard's own loader."""
         from ..data.folder import collate
         k = max(2, round(1.0 / fraction))
         held = ds.samples[::k]
         ds.samples = [s for i, s in enumerate(ds.samples) if i % k]
         if not held or not ds.samples:
             raise VitoptError(f"holdout {fraction} leaves no images to train on or to check with")
-        loader = torch.utils.data.DataLoader(ds.with_samples(held, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                                             collate_fn=collate)
+        loader = torch.utils.data.DataLoader(ds.with_samples(held, transform), batch_size=batch_size,
+                                             shuffle=False, num_workers=workers, collate_fn=collate)
         return cls(loader, teacher, device, keep_best)
 
-    @torch.no_grad()
     def score(self, model: nn.Module) -> dict:
-        import torch.nn.functional as F
+        from ..evaluation import evaluate
         was = model.training
-        model.eval()
-        first = self._teacher_logits is None
-        if first:
-            self._teacher_logits = []
-        kl, agree, n = 0.0, 0, 0
         try:
-            for i, batch in enumerate(self.loader):
-                if batch.images.numel() == 0:
-                    if first:
-                        self._teacher_logits.append(None)
-                    continue
-                x = batch.images.to(self.device)
-                if first:
-                    self._teacher_logits.append(self.teacher(x).float().cpu())
-                zt = self._teacher_logits[i].to(self.device)
-                zs = model(x).float()
-                kl += float(F.kl_div(F.log_softmax(zs, 1), F.log_softmax(zt, 1), log_target=True, reduction="sum"))
-                agree += int((zs.argmax(1) == zt.argmax(1)).sum())
-                n += x.shape[0]
+            r = evaluate(model, self.loader, reference=self.teacher, device=str(self.device), desc="held-out check")
         finally:
             model.train(was)
-        return {"mean_kl": round(kl / max(n, 1), 6), "agreement": round(100.0 * agree / max(n, 1), 3), "images": n}
+        if not r.images:
+            raise VitoptError("no held-out image could be read: lower holdout or check the training folder")
+        return {"mean_kl": round(r.mean_kl, 6), "agreement": round(r.agreement, 3), "images": r.images}
 
     def check(self, model: nn.Module, step: int, say) -> dict:
         r = {"step": step, **self.score(model)}
