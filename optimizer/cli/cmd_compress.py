@@ -16,6 +16,8 @@ def register(sub) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--macs", help="target MACs ratio vs the input model, in (0, 1]")
     budget.add_argument("--params", help="target parameter ratio vs the input model, in (0, 1]")
+    budget.add_argument("--latency", help="lowrank: target predicted latency ratio vs the input model, in (0, 1], "
+                        "from a per-shape ONNX Runtime table (--set latency_table=ort|FILE)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field of the method (repeatable), e.g. --set epochs=2")
     p.add_argument("--teacher", help="dense teacher (timm name) for distillation; default: the input model")
@@ -40,6 +42,8 @@ def run(args) -> int:
         opts["macs"] = args.macs
     if args.params is not None:
         opts["params"] = args.params
+    if args.latency is not None:
+        opts["latency"] = args.latency
     cfg = build_config(args.method, opts)
     out = args.output
     if os.path.exists(out) and not os.path.isdir(out):

@@ -9,11 +9,11 @@ from ..errors import VitoptError
 from .api import CompressedModel, compress
 from .registry import CompressContext, get_method
 
-BUDGET_FLAGS = {"macs": "macs_ratio", "params": "params_ratio"}
+BUDGET_FLAGS = {"macs": "macs_ratio", "params": "params_ratio", "latency": "latency_ratio"}
 
 
 def build_config(method: str, options: dict):
-    """Config for ``method`` from recipe/CLI options; ``macs``/``params`` map to the ratio fields."""
+    """Config for ``method`` from recipe/CLI options; ``macs``/``params``/``latency`` map to the ratio fields."""
     opts = dict(options)
     for short, field_name in BUDGET_FLAGS.items():
         if short in opts:

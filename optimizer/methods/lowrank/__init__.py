@@ -14,7 +14,9 @@ Conventions and choices (see METHODS.md §2 for the paper's method):
   blocks 0..i-1 (whitening from those inputs); on DeiT-Tiny it was not better (higher KL to the
   dense model at all four ratios tested), so it is an option. Only Gram matrices are kept (float32 per batch,
   summed in float64), plus the first block's input for the sequential replay.
-* Ranks are allocated greedily by (sensitivity-weighted) error drop per parameter or MAC.
+* Ranks are allocated greedily by (sensitivity-weighted) error drop per parameter, MAC or measured
+  millisecond (``latency``: per-shape ONNX Runtime table; ``latency_ratio`` budget, or break-even
+  caps under a params/MACs budget so that no factorised layer is slower than dense).
 * With exact whitening the rank-r activation-aware SVD is already the optimum of the layer's
   output loss on the calibration tokens, so a second term at the same total rank can only help
   when its target differs: the compensation term regresses the *dense* layer outputs on the
@@ -25,7 +27,7 @@ Conventions and choices (see METHODS.md §2 for the paper's method):
 
 Modules: ``module`` (LowRankLinear, rebuild, merge_for_export), ``svd``
 (whitened SVD), ``compensate`` (second term by Adam), ``allocate`` (greedy mixed ranks),
-``calibrate`` (streamed XᵀX), ``apply`` (the whole step).
+``calibrate`` (streamed XᵀX), ``latency`` (measured per-shape table), ``apply`` (the whole step).
 """
 from ...compress.registry import register_method
 from .apply import apply, factorize_linears

@@ -61,10 +61,15 @@ def candidate_paths(model: nn.Module, cfg: LowRankConfig) -> list:
     return paths
 
 
-def _layer_costs(model, paths, dense, cfg) -> tuple:
-    """(LayerCost list, fixed cost, total cost) in the budget's unit; errors from the fitting Grams."""
+def _layer_costs(model, paths, dense, cfg, table=None) -> tuple:
+    """(LayerCost list, fixed cost, total cost, whitenings) in the budget's unit; errors from the
+    fitting Grams. With a latency ``table`` every layer's rank is capped at its measured break-even,
+    and under the latency budget costs are the table's milliseconds."""
     per_module = count_macs(model).per_module if cfg.budget_kind == "macs" else None
-    total = count_params(model) if per_module is None else sum(per_module.values())
+    if cfg.budget_kind == "latency":
+        total = float(table.model["ms"])
+    else:
+        total = count_params(model) if per_module is None else sum(per_module.values())
     layers, whitenings, spent = [], {}, 0.0
     for p in paths:
         m = model.get_submodule(p)
@@ -72,14 +77,67 @@ def _layer_costs(model, paths, dense, cfg) -> tuple:
         wh = whitening(dense.grams[p].fit, cfg.damp) if cfg.whiten else Whitening(None, 0.0)
         whitenings[p] = wh
         _, S, _ = whitened_svd(W, wh)
-        if per_module is None:
+        shape = (dense.tokens[p], m.in_features, m.out_features)
+        rank_costs = None
+        if cfg.budget_kind == "latency":
+            unit, full, rank_costs = 0.0, table.dense_ms(*shape), table.rank_ms(*shape)
+        elif per_module is None:
             unit, full = m.in_features + m.out_features, m.in_features * m.out_features
         else:
             tokens = per_module.get(p, 0) / (m.in_features * m.out_features)
             unit, full = tokens * (m.in_features + m.out_features), per_module.get(p, 0)
-        layers.append(LayerCost(p, m.in_features, m.out_features, unit, full, tail_energy(S)))
+        cap = table.breakeven(*shape) if table is not None else None
+        L = LayerCost(p, m.in_features, m.out_features, unit, full, tail_energy(S), rank_costs, cap)
+        if rank_costs is not None:
+            wanted = range(cfg.multiple, L.max_rank(cfg.multiple) + 1, cfg.multiple)
+            missing = [r for r in wanted if r not in rank_costs]
+            if missing:
+                raise VitoptError(f"latency table has no time for rank {missing[0]} of {p}: it was measured at "
+                                  f"other rank multiples than multiple={cfg.multiple}")
+        layers.append(L)
         spent += full
     return layers, total - spent, total, whitenings
+
+
+def _latency_table(model, paths, dense, cfg, log):
+    """The LatencyTable this config asks for (None when it uses none): measured now or loaded."""
+    source = cfg.latency_source
+    if source is None:
+        return None
+    from .latency import LatencyTable, measure_ort_table
+    params = count_params(model)
+    if source == "ort":
+        import tempfile
+        from pathlib import Path
+        from ...export import onnx_from_torch
+        shapes = []
+        for p in paths:
+            m = model.get_submodule(p)
+            probe = LayerCost(p, m.in_features, m.out_features, 0.0, 0.0, torch.zeros(1))
+            shapes.append((dense.tokens[p], m.in_features, m.out_features, probe.max_rank(cfg.multiple)))
+        with tempfile.TemporaryDirectory(prefix="vitopt-lowrank-") as tmp:
+            # the whole dense model's time: what the layers' savings are a fraction of
+            onnx_path = Path(tmp) / "dense.onnx"
+            cpu = copy.deepcopy(model).cpu().eval()
+            onnx_from_torch(cpu, onnx_path)
+            del cpu
+            table = measure_ort_table(shapes, cfg.multiple, cfg.latency_batch, cfg.latency_threads,
+                                      model_onnx=str(onnx_path),
+                                      model_info={"class": type(model).__name__, "params": params}, log=log)
+    else:
+        table = LatencyTable.load(source)
+        for p in paths:
+            m = model.get_submodule(p)
+            table.entry(dense.tokens[p], m.in_features, m.out_features)   # raises when a shape is missing
+    if cfg.budget_kind == "latency":
+        info = table.model or {}
+        if "ms" not in info:
+            raise VitoptError("the latency budget needs the whole model's time in the latency table "
+                              "(measure it for this model: latency_table=ort)")
+        if info.get("params") not in (None, params):
+            raise VitoptError(f"latency table was measured on a model with {info.get('params')} parameters, "
+                              f"this one has {params}: measure one for this model (latency_table=ort)")
+    return table
 
 
 @torch.no_grad()
@@ -189,7 +247,8 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
     dense = dense_pass(model, batches, paths, cfg.heldout_every, keep_block_inputs=cfg.sequential,
                        probe_images=cfg.probe_images if cfg.allocation == "sensitivity" else 0)
     t_pass = time.perf_counter() - t0
-    layers, fixed, total, whitenings = _layer_costs(model, paths, dense, cfg)
+    table = _latency_table(model, paths, dense, cfg, log)
+    layers, fixed, total, whitenings = _layer_costs(model, paths, dense, cfg, table)
     sens = _sensitivities(model, layers, whitenings, dense.probe, cfg) if cfg.allocation == "sensitivity" else {}
     for L in layers:
         L.errors = L.errors * sens.get(L.path, 1.0)
@@ -197,6 +256,7 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
     ranks = allocate_ranks(layers, budget, cfg.multiple)
     chosen = {p: r for p, r in ranks.items() if r != DENSE}
     log(f"lowrank: {len(chosen)}/{len(paths)} layers factorised, ranks {sorted(set(chosen.values()))}")
+    latency = _latency_report(table, layers, ranks, model, paths, dense) if table is not None else None
 
     per_layer = {}
     reference = copy.deepcopy(model).eval() if cfg.sequential else None
@@ -239,6 +299,7 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
         "params": new_params, "dense_params": dense_params, "macs": new_macs, "dense_macs": dense_macs,
         "factorised": len(chosen), "kept_dense": kept, "allocation": cfg.allocation,
         "sensitivity": {p: round(v, 5) for p, v in sens.items()},
+        "latency": latency,
         "calib_images": dense.images, "calib_mode": "sequential" if cfg.sequential else "independent",
         "svd": "activation-aware" if cfg.whiten else "plain",
         "mean_err_held_svd": _mean([i["err_held_svd"] for i in per_layer.values()]),
@@ -247,6 +308,24 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
         "layers": per_layer,
     }
     return model, lowrank_structure(model), report
+
+
+def _latency_report(table, layers, ranks, model, paths, dense) -> dict:
+    """Break-even caps, per-layer predicted times and the predicted model latency ratio."""
+    per_layer, dense_sum, new_sum = {}, 0.0, 0.0
+    for L in layers:
+        shape = (dense.tokens[L.path], L.in_features, L.out_features)
+        d = table.dense_ms(*shape)
+        r = ranks[L.path]
+        ms = d if r == DENSE else table.rank_ms(*shape).get(r)
+        per_layer[L.path] = {"rank": None if r == DENSE else r, "breakeven_rank": L.cap,
+                             "dense_ms": round(d, 4), "ms": None if ms is None else round(ms, 4)}
+        dense_sum += d
+        new_sum += d if ms is None else ms
+    model_ms = (table.model or {}).get("ms")
+    predicted = None if model_ms is None else round((model_ms - dense_sum + new_sum) / model_ms, 4)
+    return {"backend": table.backend, "batch": table.batch, "threads": table.threads,
+            "predicted_latency_ratio": predicted, "layers": per_layer, "latency_table": table.to_dict()}
 
 
 def _mean(xs):

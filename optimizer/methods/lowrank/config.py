@@ -13,10 +13,21 @@ ALLOCATIONS = ("sensitivity", "error")
 
 @dataclasses.dataclass(frozen=True)
 class LowRankConfig(MethodConfig):
-    """Options of the ``lowrank`` method (give exactly one of ``params_ratio`` / ``macs_ratio``).
+    """Options of the ``lowrank`` method (give exactly one of ``params_ratio`` / ``macs_ratio`` /
+    ``latency_ratio``).
 
     params_ratio      params(compressed model) / params(model this step receives), everything counted
     macs_ratio        the same for MACs per image (optimizer.counting convention)
+    latency_ratio     the same for the model's predicted latency on the table's backend and batch:
+                      (dense model time − candidate layers' dense times) + Σ measured layer times
+    latency_table     measured per-shape latencies (``latency.LatencyTable``): "ort" = measure them
+                      now with ONNX Runtime on this machine, or a JSON file holding a table measured
+                      on the deployment machine (a bare table, or a compress report/recipe with one).
+                      With a params/MACs budget it caps every layer's rank at its measured
+                      break-even, so no factorised layer runs slower than the dense one; the
+                      latency budget uses it for costs ("ort" when not given)
+    latency_batch     batch size the table is measured at ("ort")
+    latency_threads   ONNX Runtime intra-op threads for the table ("ort"; None: physical cores)
     whiten            activation-aware SVD (True) or plain SVD of the weights (False)
     sequential        calibrate each block on the outputs of the already-factorised prefix (True) or
                       every layer on dense activations in one pass (False, default: on DeiT-Tiny it
@@ -49,6 +60,10 @@ class LowRankConfig(MethodConfig):
 
     params_ratio: Optional[float] = None
     macs_ratio: Optional[float] = None
+    latency_ratio: Optional[float] = None
+    latency_table: Optional[str] = None
+    latency_batch: int = 8
+    latency_threads: Optional[int] = None
     whiten: bool = True
     sequential: bool = False
     comp_fraction: float = 0.0
@@ -72,10 +87,18 @@ class LowRankConfig(MethodConfig):
     finetune_lr: Optional[float] = None
 
     def __post_init__(self):
-        if (self.params_ratio is None) == (self.macs_ratio is None):
-            raise ValueError("give exactly one of params_ratio (--params) or macs_ratio (--macs)")
+        if sum(r is not None for r in (self.params_ratio, self.macs_ratio, self.latency_ratio)) != 1:
+            raise ValueError("give exactly one of params_ratio (--params), macs_ratio (--macs) or "
+                             "latency_ratio (--latency)")
         check_ratio("params_ratio", self.params_ratio)
         check_ratio("macs_ratio", self.macs_ratio)
+        check_ratio("latency_ratio", self.latency_ratio)
+        if self.latency_table is not None and (not isinstance(self.latency_table, str) or not self.latency_table):
+            raise ValueError(f"latency_table must be 'ort' or a JSON file path, got {self.latency_table!r}")
+        if not isinstance(self.latency_batch, int) or self.latency_batch < 1:
+            raise ValueError(f"latency_batch must be a positive integer, got {self.latency_batch!r}")
+        if self.latency_threads is not None and (not isinstance(self.latency_threads, int) or self.latency_threads < 1):
+            raise ValueError(f"latency_threads must be a positive integer, got {self.latency_threads!r}")
         if not (0.0 <= self.comp_fraction < 1.0):
             raise ValueError(f"comp_fraction must be in [0, 1), got {self.comp_fraction!r}")
         check_positive("comp_steps", self.comp_steps, allow_zero=True)
@@ -105,11 +128,21 @@ class LowRankConfig(MethodConfig):
 
     @property
     def budget_kind(self) -> str:
-        return "params" if self.params_ratio is not None else "macs"
+        if self.params_ratio is not None:
+            return "params"
+        return "macs" if self.macs_ratio is not None else "latency"
 
     @property
     def ratio(self) -> float:
-        return float(self.params_ratio if self.params_ratio is not None else self.macs_ratio)
+        return float({"params": self.params_ratio, "macs": self.macs_ratio,
+                      "latency": self.latency_ratio}[self.budget_kind])
+
+    @property
+    def latency_source(self) -> Optional[str]:
+        """Where the latency table comes from: "ort", a path, or None (not used)."""
+        if self.latency_table is not None:
+            return self.latency_table
+        return "ort" if self.latency_ratio is not None else None
 
     @property
     def compensates(self) -> bool:
