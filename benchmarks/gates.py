@@ -70,7 +70,8 @@ def stage_train(a) -> dict:
         if not 0 < step_target <= 1:
             raise SystemExit(f"--macs {a.macs} is not below the base model's {base_ratio:.3f} of dense MACs")
         cfg = GatesConfig(macs_ratio=round(step_target, 4), **VARIANTS[name], epochs=a.epochs, steps=a.steps,
-                          batch_size=a.train_batch, lr_backbone=a.lr_backbone, finetune_steps=a.finetune_steps,
+                          batch_size=a.train_batch, lr_backbone=a.lr_backbone, lr_gates=a.lr_gates,
+                          finetune_steps=a.finetune_steps,
                           calib_groups=(1, a.train_batch), augment=a.augment, gamma=a.gamma)
         ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=0)
         t0 = time.perf_counter()
@@ -248,7 +249,8 @@ def _start_line(tr) -> str:
     cfg = v.get("config", {})
     start = (f"the static slim model {v['base']} ({v['base_macs_ratio']} of dense MACs; USDC's static part), "
              f"gate step target {cfg.get('macs_ratio')} of it" if v.get("base") else "the dense model")
-    return (f"Gates trained from {start} on imagenet-mini/train (1,023 images; backbone lr {cfg.get('lr_backbone')}, "
+    return (f"Gates trained from {start} on imagenet-mini/train (1,023 images; gate lr {cfg.get('lr_gates')}, "
+            f"backbone lr {cfg.get('lr_backbone')}, "
             f"{'RandAugment' if cfg.get('augment') else 'no augmentation'}, gamma {cfg.get('gamma')}), teacher = dense "
             "DeiT-Tiny; evaluated on val (491). Every MACs ratio below is against the dense model.")
 
@@ -354,6 +356,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--train-batch", type=int, default=32)
     p.add_argument("--lr-backbone", type=float, default=0.0)
+    p.add_argument("--lr-gates", type=float, default=1e-2)
     p.add_argument("--gamma", type=float, default=100.0)
     p.add_argument("--augment", action="store_true", help="timm RandAugment on the gate-training images")
     p.add_argument("--base", default="", help="compressed model dir to gate (static part, e.g. a slim result); "
