@@ -13,6 +13,8 @@ Stages (each writes benchmarks/results/gates_<stage>.json; models live in --work
            ONNX Runtime latency vs the dense export on the same real images, ideal speedup = dense MACs /
            executed MACs of exactly those images
   trt      TensorRT-for-RTX parse + build of the dense and both gated ONNX files
+  seeds    (not in "all") run-to-run spread: --out's eval next to those of the same command rerun
+           with --seed N --out DIR (--seed-results DIR,...)
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +76,7 @@ def stage_train(a) -> dict:
                           batch_size=a.train_batch, lr_backbone=a.lr_backbone, lr_gates=a.lr_gates,
                           finetune_steps=a.finetune_steps,
                           calib_groups=(1, a.train_batch), augment=a.augment, gamma=a.gamma)
-        ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=0)
+        ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=a.seed)
         t0 = time.perf_counter()
         cm = compress(model, [cfg], ctx, arch=ARCH, base_weights="checkpoint", prior_steps=prior)
         save_compressed(Path(a.work) / name, cm)
@@ -94,6 +97,7 @@ def _eval_batches(model, dense_pred, val, batch, labels_ok=True):
     h = model.register_forward_hook(lambda m, i, o: captured.__setitem__("z", o))
     n = c1 = agree = 0
     macs = 0.0
+    correct = {}
     try:
         for b in loader:
             if b.images.numel() == 0:
@@ -104,10 +108,24 @@ def _eval_batches(model, dense_pred, val, batch, labels_ok=True):
             macs += counts.macs * len(pred)
             c1 += int((pred == b.labels).sum())
             agree += sum(int(p) == dense_pred[path] for p, path in zip(pred, b.paths))
+            correct.update({path: bool(ok) for path, ok in zip(b.paths, (pred == b.labels).tolist())})
     finally:
         h.remove()
+    # per-image correctness in path order: paired comparisons between batch sizes (paired_gap)
     return {"images": n, "top1": round(100 * c1 / n, 2), "agreement": round(100 * agree / n, 2),
-            "macs": macs / n}
+            "macs": macs / n, "correct": "".join("1" if correct[p] else "0" for p in sorted(correct))}
+
+
+def paired_gap(a: str, b: str) -> tuple:
+    """(top-1 of b − top-1 of a, its standard error), in points, from per-image correctness strings of the
+    same images: the paired (McNemar) error, far smaller than that of two independent top-1s."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_gap needs two correctness strings over the same images")
+    n = len(a)
+    only_a = sum(1 for x, y in zip(a, b) if x == "1" and y == "0")
+    only_b = sum(1 for x, y in zip(a, b) if x == "0" and y == "1")
+    var = ((only_a + only_b) - (only_b - only_a) ** 2 / n) / n ** 2
+    return 100.0 * (only_b - only_a) / n, 100.0 * max(var, 0.0) ** 0.5
 
 
 @torch.no_grad()
@@ -214,6 +232,55 @@ def stage_trt(a) -> dict:
     return out
 
 
+def stage_seeds(a) -> dict:
+    """Run-to-run spread: the eval results of --out (seed 0) and of every --seed-results directory
+    (the same command with --seed N --out DIR), per variant and seed."""
+    dirs = [Path(a.out)] + [Path(d) for d in a.seed_results]
+    runs = []
+    for d in dirs:
+        ev = json.loads((d / "gates_eval.json").read_text())
+        tr = json.loads((d / "gates_train.json").read_text())
+        runs.append({"dir": str(d), "seed": tr["args"].get("seed", 0), "epochs": tr["args"].get("epochs"),
+                     "lr_gates": tr["args"].get("lr_gates", 1e-2),
+                     "variants": {n: {r["batch"]: r["top1"] for r in v["rows"]} for n, v in ev["result"]["variants"].items()}})
+    configs = {(r["epochs"], r["lr_gates"]) for r in runs}
+    if len(configs) != 1:
+        raise SystemExit(f"--seed-results mix training configs {sorted(configs)}: compare seeds of one command")
+    return {"runs": runs}
+
+
+def _seeds_section(sd) -> list:
+    if not sd:
+        return []
+    runs = sd["runs"]
+    names = sorted({n for r in runs for n in r["variants"]}, key=lambda n: list(VARIANTS).index(n))
+    out = ["## Run-to-run spread (same command, training seeds " + ", ".join(str(r["seed"]) for r in runs) + ")", "",
+           "Only the gate initialisation and the training-image order change between seeds; val order is fixed.", "",
+           "| variant | top-1 b=1 per seed | top-1 b=64 per seed | abs(b1 − b64) per seed | mean abs(b1 − b64) | "
+           "mean b=1 |",
+           "|---|---|---|---|---|---|"]
+    mean_b1 = {}
+    for n in names:
+        b1 = [r["variants"][n].get("1", r["variants"][n].get(1)) for r in runs if n in r["variants"]]
+        b64 = [r["variants"][n].get("64", r["variants"][n].get(64)) for r in runs if n in r["variants"]]
+        gaps = [abs(x - y) for x, y in zip(b1, b64)]
+        mean_b1[n] = float(np.mean(b1))
+        out.append(f"| {n} | {' / '.join(f'{v:.2f}' for v in b1)} | {' / '.join(f'{v:.2f}' for v in b64)} | "
+                   f"{' / '.join(f'{v:.2f}' for v in gaps)} | {np.mean(gaps):.2f} | {mean_b1[n]:.2f} |")
+    if "noaug" in mean_b1:
+        out.append("")
+        for n in names:
+            if n == "noaug":
+                continue
+            wins = sum(1 for r in runs if n in r["variants"] and "noaug" in r["variants"] and
+                       r["variants"][n].get("1", r["variants"][n].get(1)) >
+                       r["variants"]["noaug"].get("1", r["variants"]["noaug"].get(1)))
+            out.append(f"- {n} beats noaug at batch 1 in {wins} of {len(runs)} seeds (mean {mean_b1[n]:.2f} vs "
+                       f"{mean_b1['noaug']:.2f} %)")
+    out.append("")
+    return out
+
+
 def _targets(ev, lat) -> list:
     """The issue's targets, checked against the measured numbers."""
     out = ["## Targets (from the issue) vs measured", ""]
@@ -222,16 +289,24 @@ def _targets(ev, lat) -> list:
             rows = {r["batch"]: r for r in v["rows"]}
             if 1 in rows and 64 in rows:
                 d = abs(rows[1]["top1"] - rows[64]["top1"])
-                out.append(f"- {name}: |top-1(b=1) − top-1(b=64)| = {d:.2f} points (target ≤ 0.5 with augmentation): "
+                se = ""
+                if rows[1].get("correct") and rows[64].get("correct"):
+                    _, err = paired_gap(rows[1]["correct"], rows[64]["correct"])
+                    se = f" ± {err:.2f} (paired standard error)"
+                out.append(f"- {name}: |top-1(b=1) − top-1(b=64)| = {d:.2f}{se} points (target ≤ 0.5 with augmentation): "
                            f"{'met' if d <= 0.5 else 'NOT met'}; mean executed MACs {v['mean_macs_ratio']} of dense "
                            f"(target ≈ 0.6)")
         va = ev["variants"]
         if "noaug" in va:
-            b1 = {n: next((r["top1"] for r in v["rows"] if r["batch"] == 1), None) for n, v in va.items()}
+            r1 = {n: next((r for r in v["rows"] if r["batch"] == 1), None) for n, v in va.items()}
+            b1 = {n: (r["top1"] if r else None) for n, r in r1.items()}
             for n in va:
                 if n != "noaug" and b1[n] is not None and b1["noaug"] is not None:
                     ok = b1[n] > b1["noaug"]
-                    out.append(f"- {n} vs noaug at batch 1: {b1[n]} vs {b1['noaug']} % top-1: "
+                    se = ""
+                    if r1[n].get("correct") and r1["noaug"].get("correct"):
+                        se = f" (paired standard error of the gap {paired_gap(r1['noaug']['correct'], r1[n]['correct'])[1]:.2f})"
+                    out.append(f"- {n} vs noaug at batch 1: {b1[n]} vs {b1['noaug']} % top-1{se}: "
                                f"{'beats it (met)' if ok else 'does NOT beat it'}")
     if lat:
         r8 = lat["summary"].get("gated", {}).get("8") or lat["summary"].get("gated", {}).get(8)
@@ -255,14 +330,32 @@ def _start_line(tr) -> str:
             "DeiT-Tiny; evaluated on val (491). Every MACs ratio below is against the dense model.")
 
 
-def report(out_dir: Path) -> str:
+def _command(args: dict) -> str:
+    """The training command line, from the args a train stage recorded."""
+    if not args:
+        return "`python benchmarks/gates.py` (arguments not recorded)"
+    parts = ["python benchmarks/gates.py"]
+    if args.get("base"):
+        parts.append(f"--base {args['base']}")
+    if args.get("seed"):
+        parts.append(f"--seed {args['seed']}")
+    parts += [f"--work {args.get('work')}", f"--variants {','.join(args.get('variants') or [])}",
+              f"--epochs {args.get('epochs'):g}", f"--lr-gates {args.get('lr_gates', 1e-2):g}"]
+    for key, default in (("lr_backbone", 0.0), ("gamma", 100.0), ("finetune_steps", 0), ("macs", 0.6)):
+        if args.get(key, default) != default:
+            parts.append(f"--{key.replace('_', '-')} {args[key]:g}")
+    if args.get("augment"):
+        parts.append("--augment")
+    return "`" + " ".join(parts) + "`"
+
+
+def report(out_dir: Path, observations: Sequence[str] = (), train_args: Optional[dict] = None) -> str:
     def load(stage):
         p = out_dir / f"gates_{stage}.json"
         return json.loads(p.read_text()) if p.is_file() else None
-    tr, ev, lat, trt = load("train"), load("eval"), load("latency"), load("trt")
+    tr, ev, lat, trt, sd = load("train"), load("eval"), load("latency"), load("trt"), load("seeds")
     lines = ["# USDC gates on DeiT-Tiny (imagenet-mini)", "",
-             "Machine: shared 2-core CPU, no GPU. Command: `python benchmarks/gates.py --base /tmp/slim-b3/models/slim_75 "
-             "--work /tmp/gates-b2 --variants aug,noaug,level --epochs 2` (slim_75 from `benchmarks/slim.py`).",
+             f"Machine: shared 2-core CPU, no GPU. Command: {_command(train_args)} (slim_75 from `benchmarks/slim.py`).",
              _start_line(tr), ""]
     if tr:
         lines += ["## Training and memory bound", "", "| variant | start | sub-group aug | steps | seconds | dense params | "
@@ -324,8 +417,14 @@ def report(out_dir: Path) -> str:
               "TopK(K) → Gather(weights) → MatMul with no NonZero; ONNX Runtime runs it and TensorRT for RTX "
               "parses and builds it (data-dependent K and fixed K). Full TensorRT is not installed here "
               "(no GPU), so only the RTX builder was tried.",
-              "",
-              "Observations from the committed run (2026-11-24; re-running rewrites the tables, not this text):",
+              ""]
+    lines += _seeds_section(sd)
+    lines += list(observations)
+    return "\n".join(lines)
+
+
+# written under the tables of benchmarks/results/gates.md only (re-running rewrites the tables, not this text)
+OBSERVATIONS = ["Observations from the committed run (2026-11-24; re-running rewrites the tables, not this text):",
               "",
               "- USDC as built here = static slim (0.747 MACs, tokens and late MLP units; 79.0 % alone) + gates to "
               "0.80 of it, backbone frozen, no RandAugment, 64 steps. Top-1 55–65 % at 0.60–0.64 of dense MACs, up "
@@ -341,12 +440,11 @@ def report(out_dir: Path) -> str:
               "batch 1, where gate nets and weight gathers weigh more). The memory bound stays at 94–95 % of the "
               "dense parameters: slim removes tokens, not weights, and few gated units are never on.",
               ""]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", default="all", choices=["all", "train", "eval", "latency", "trt", "report"])
+    p.add_argument("--stage", default="all", choices=["all", "train", "eval", "latency", "trt", "seeds", "report"])
     p.add_argument("--weights", default=str(ROOT.parent / "shared/weights/deit_tiny_patch16_224.pth"))
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/imagenet-mini"))
     p.add_argument("--work", default="/tmp/vitopt_gates")
@@ -367,6 +465,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="aug,noaug", help=f"gate-training variants: {', '.join(VARIANTS)}")
+    p.add_argument("--seed", type=int, default=0, help="gate init and training-data order")
+    p.add_argument("--seed-results", default="", help="seeds stage: comma-separated --out dirs of --seed N runs")
     p.add_argument("--tag", default="", help="suffix of the result files (gates_<stage><tag>.json)")
     a = p.parse_args(argv)
     a.variants = [v for v in a.variants.split(",") if v]
@@ -374,6 +474,7 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown variant(s) {unknown}")
     a.batches = [int(x) for x in a.batches.split(",")]
+    a.seed_results = [d for d in a.seed_results.split(",") if d]
     a.latency_batches = [int(x) for x in a.latency_batches.split(",")]
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -393,12 +494,15 @@ def main(argv=None) -> int:
 def report_from(out: Path) -> str:
     """Merge gates_<stage>.json and gates_<stage>_<tag>.json (extra variants) and render Markdown."""
     import tempfile
-    merged = {}
-    for s in ("train", "eval", "latency", "trt"):
+    merged, train_args = {}, None
+    for s in ("train", "eval", "latency", "trt", "seeds"):
         for p in sorted(out.glob(f"gates_{s}*.json")):
             if p.stem != f"gates_{s}" and not p.stem.startswith(f"gates_{s}_"):
                 continue
-            res = json.loads(p.read_text())["result"]
+            doc = json.loads(p.read_text())
+            res = doc["result"]
+            if s == "train" and train_args is None:
+                train_args = doc.get("args")
             if s not in merged:
                 merged[s] = res
             elif s == "train":
@@ -408,7 +512,8 @@ def report_from(out: Path) -> str:
     with tempfile.TemporaryDirectory() as d:
         for s, v in merged.items():
             Path(d, f"gates_{s}.json").write_text(json.dumps(v))
-        return report(Path(d))
+        committed = out.resolve() == (ROOT / "benchmarks" / "results").resolve()
+        return report(Path(d), OBSERVATIONS if committed else (), train_args)
 
 
 if __name__ == "__main__":
