@@ -13,6 +13,7 @@ Stages (each writes benchmarks/results/gates_<stage>.json; models live in --work
            ONNX Runtime latency vs the dense export on the same real images, ideal speedup = dense MACs /
            executed MACs of exactly those images
   trt      TensorRT-for-RTX parse + build of the dense and both gated ONNX files
+  consensus  (not in "all") each variant's gate nets vs a static consensus choice of the same number of units
   seeds    (not in "all") run-to-run spread: --out's eval next to those of the same command rerun
            with --seed N --out DIR (--seed-results DIR,...)
 """
@@ -232,6 +233,68 @@ def stage_trt(a) -> dict:
     return out
 
 
+@torch.no_grad()
+def stage_consensus(a) -> dict:
+    """Does input adaptivity pay? Each variant at batch 32 with its gate nets deciding (dynamic) vs the
+    same model with every module's gates frozen to the units its gate net picks for the mean feature of
+    the training images, K = its calibrated mean number of active units (static consensus)."""
+    from optimizer.compress import load_compressed
+    from optimizer.data import build_loader
+    from optimizer.methods.gates.modules import gated_modules, set_forced_gates
+    dense = _dense(a.weights)
+    dense_pred = {}
+    for b in build_loader(str(Path(a.data) / "val"), dense, batch_size=64, workers=2):
+        dense_pred.update({p: int(v) for p, v in zip(b.paths, dense(b.images).argmax(1))})
+    dmacs = None
+    out = {}
+    for name in a.variants:
+        model = load_compressed(Path(a.work) / name).model.eval()
+        mods = [m for m in gated_modules(model) if m.dynamic_units]
+        feats = {m: [] for m in mods}
+        hooks = [m.register_forward_pre_hook(lambda mod, args: feats[mod].append(args[0].mean(dim=(0, 1))))
+                 for m in mods]
+        try:
+            for b in build_loader(str(Path(a.data) / "train"), dense, batch_size=64, workers=2):
+                model(b.images)
+        finally:
+            for h in hooks:
+                h.remove()
+        pick = {}
+        for m in mods:
+            k = max(1, int(round(m.mean_active if m.mean_active is not None else m.dynamic_units)))
+            top = set(torch.topk(m.gate_net(torch.stack(feats[m]).mean(0)), k).indices.tolist())
+            pick[m] = [i in top for i in range(m.dynamic_units)]
+        res = {}
+        for mode in ("dynamic", "static_consensus"):
+            set_forced_gates(model, (lambda m: pick[m]) if mode != "dynamic" else None)
+            r = _eval_batches(model, dense_pred, str(Path(a.data) / "val"), 32)
+            if dmacs is None:
+                from optimizer.counting import count_macs
+                dmacs = count_macs(dense).macs
+            res[mode] = {"top1": r["top1"], "agreement": r["agreement"], "macs_ratio": round(r["macs"] / dmacs, 4),
+                         "correct": r["correct"]}
+            print(f"[consensus] {name} {mode}: {res[mode]['top1']} % top-1, MACs {res[mode]['macs_ratio']}", flush=True)
+        set_forced_gates(model, None)
+        res["gap"] = paired_gap(res["static_consensus"]["correct"], res["dynamic"]["correct"])
+        out[name] = res
+    return out
+
+
+def _consensus_section(cs) -> list:
+    if not cs:
+        return []
+    out = ["## Input-adaptive vs a static choice of the same units (batch 32)", "",
+           "static consensus = every module runs the K units its gate net picks for the mean feature of the "
+           "1,023 training images (K = its calibrated mean active count), for every input.", "",
+           "| variant | dynamic top-1 / MACs | static consensus top-1 / MACs | dynamic − static (paired s.e.) |",
+           "|---|---|---|---|"]
+    for n, r in cs.items():
+        d, s = r["dynamic"], r["static_consensus"]
+        out.append(f"| {n} | {d['top1']} / {d['macs_ratio']} | {s['top1']} / {s['macs_ratio']} | "
+                   f"{r['gap'][0]:+.2f} ({r['gap'][1]:.2f}) |")
+    return out + [""]
+
+
 def stage_seeds(a) -> dict:
     """Run-to-run spread: the eval results of --out (seed 0) and of every --seed-results directory
     (the same command with --seed N --out DIR), per variant and seed."""
@@ -354,6 +417,7 @@ def report(out_dir: Path, observations: Sequence[str] = (), train_args: Optional
         p = out_dir / f"gates_{stage}.json"
         return json.loads(p.read_text()) if p.is_file() else None
     tr, ev, lat, trt, sd = load("train"), load("eval"), load("latency"), load("trt"), load("seeds")
+    cs = load("consensus")
     lines = ["# USDC gates on DeiT-Tiny (imagenet-mini)", "",
              f"Machine: shared 2-core CPU, no GPU. Command: {_command(train_args)} (slim_75 from `benchmarks/slim.py`).",
              _start_line(tr), ""]
@@ -419,6 +483,7 @@ def report(out_dir: Path, observations: Sequence[str] = (), train_args: Optional
               "(no GPU), so only the RTX builder was tried.",
               ""]
     lines += _seeds_section(sd)
+    lines += _consensus_section(cs)
     lines += list(observations)
     return "\n".join(lines)
 
@@ -444,7 +509,7 @@ OBSERVATIONS = ["Observations from the committed run (2026-11-24; re-running rew
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", default="all", choices=["all", "train", "eval", "latency", "trt", "seeds", "report"])
+    p.add_argument("--stage", default="all", choices=["all", "train", "eval", "latency", "trt", "seeds", "consensus", "report"])
     p.add_argument("--weights", default=str(ROOT.parent / "shared/weights/deit_tiny_patch16_224.pth"))
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/imagenet-mini"))
     p.add_argument("--work", default="/tmp/vitopt_gates")
@@ -495,7 +560,7 @@ def report_from(out: Path) -> str:
     """Merge gates_<stage>.json and gates_<stage>_<tag>.json (extra variants) and render Markdown."""
     import tempfile
     merged, train_args = {}, None
-    for s in ("train", "eval", "latency", "trt", "seeds"):
+    for s in ("train", "eval", "latency", "trt", "seeds", "consensus"):
         for p in sorted(out.glob(f"gates_{s}*.json")):
             if p.stem != f"gates_{s}" and not p.stem.startswith(f"gates_{s}_"):
                 continue
