@@ -87,26 +87,17 @@ def cfg_of(args, ratio, arm, work, budget="p") -> LowRankConfig:
 def stage_table(args, work, state):
     """The per-shape ONNX Runtime latency table (batch --table-batch) of DeiT-Tiny's Linears and the
     whole dense model's time, measured once and shared by the _cap and l<NN> arms."""
-    from optimizer.counting import count_params
-    from optimizer.methods.lowrank.allocate import LayerCost
-    from optimizer.methods.lowrank.apply import candidate_paths
-    from optimizer.methods.lowrank.latency import LatencyTable, measure_ort_table
+    from optimizer.methods.lowrank.apply import candidate_paths, measure_model_table
+    from optimizer.methods.lowrank.latency import LatencyTable
     if table_path(work).is_file():
         state["table"] = LatencyTable.load(table_path(work)).to_dict()
         return
     dense = dense_model(args)
-    cfg = LowRankConfig(params_ratio=0.5)
-    shapes = []
-    for p in candidate_paths(dense, cfg):
-        m = dense.get_submodule(p)
-        probe = LayerCost(p, m.in_features, m.out_features, 0.0, 0.0, torch.zeros(1))
-        shapes.append((197, m.in_features, m.out_features, probe.max_rank(cfg.multiple)))
-    onnx = _onnx_of(dense, work / "onnx" / "dense.onnx")
+    cfg = LowRankConfig(params_ratio=0.5, latency_batch=args.table_batch, latency_threads=args.threads)
+    paths = candidate_paths(dense, cfg)
     t0 = time.perf_counter()
-    table = measure_ort_table(shapes, cfg.multiple, args.table_batch, args.threads, rounds=args.rounds,
-                              iters=args.iters, model_onnx=str(onnx),
-                              model_info={"class": type(dense).__name__, "params": count_params(dense)},
-                              log=lambda s: print(s, file=sys.stderr))
+    table = measure_model_table(dense, paths, {p: 197 for p in paths}, cfg, log=lambda s: print(s, file=sys.stderr),
+                                rounds=args.rounds, iters=args.iters)
     table.save(table_path(work))
     state["table"] = table.to_dict()
     state["table_seconds"] = round(time.perf_counter() - t0, 1)

@@ -23,6 +23,15 @@ from ...errors import VitoptError
 DENSE = -1   # rank value meaning "not factorised"
 
 
+def saving_rank(in_features: int, out_features: int, multiple: int) -> int:
+    """Largest multiple of ``multiple`` with r·(in + out) < in·out (a factor pair that saves); 0 when none."""
+    limit = in_features * out_features / (in_features + out_features)
+    r = (int(limit) // multiple) * multiple
+    while r > 0 and r >= limit:
+        r -= multiple
+    return max(r, 0)
+
+
 @dataclass
 class LayerCost:
     """One candidate layer: shapes, per-rank cost, dense cost, and ``errors[r]`` for r = 0..min(in, out).
@@ -42,10 +51,7 @@ class LayerCost:
     def max_rank(self, multiple: int) -> int:
         """Largest multiple of ``multiple`` whose factorisation strictly saves (parameters, and
         time when ``cap`` is set); 0 when none does."""
-        limit = self.in_features * self.out_features / (self.in_features + self.out_features)
-        r = (int(limit) // multiple) * multiple
-        while r > 0 and r >= limit:
-            r -= multiple
+        r = saving_rank(self.in_features, self.out_features, multiple)
         if self.cap is not None:
             r = min(r, (int(self.cap) // multiple) * multiple)
         return max(r, 0)

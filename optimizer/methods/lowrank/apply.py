@@ -23,7 +23,7 @@ import torch.nn as nn
 from ...compress.registry import StepResult
 from ...counting import count_macs, count_params
 from ...errors import VitoptError
-from .allocate import DENSE, LayerCost, allocate_ranks
+from .allocate import DENSE, LayerCost, allocate_ranks, saving_rank
 from .calibrate import dense_pass, pair_grams, run_block
 from .compensate import closed_form, compensate_adam, unwhiten, whitened_target
 from .config import LowRankConfig
@@ -99,38 +99,43 @@ def _layer_costs(model, paths, dense, cfg, table=None) -> tuple:
     return layers, total - spent, total, whitenings
 
 
+def measure_model_table(model: nn.Module, paths: list, tokens: dict, cfg: LowRankConfig, log=print,
+                        rounds: int = 5, iters: int = 3):
+    """ONNX Runtime latency table for ``model``'s Linears ``paths`` (``tokens``: path -> tokens per image)
+    at ``cfg.latency_batch``/``latency_threads``, plus the whole dense model's time."""
+    import tempfile
+    from pathlib import Path
+    from ...export import onnx_from_torch
+    from .latency import measure_ort_table
+    shapes = []
+    for p in paths:
+        m = model.get_submodule(p)
+        shapes.append((tokens[p], m.in_features, m.out_features,
+                       saving_rank(m.in_features, m.out_features, cfg.multiple)))
+    with tempfile.TemporaryDirectory(prefix="vitopt-lowrank-") as tmp:
+        # the whole dense model's time: what the layers' savings are a fraction of
+        onnx_path = Path(tmp) / "dense.onnx"
+        onnx_from_torch(copy.deepcopy(model).cpu().eval(), onnx_path)
+        return measure_ort_table(shapes, cfg.multiple, cfg.latency_batch, cfg.latency_threads, rounds, iters,
+                                 model_onnx=str(onnx_path),
+                                 model_info={"class": type(model).__name__, "params": count_params(model)}, log=log)
+
+
 def _latency_table(model, paths, dense, cfg, log):
     """The LatencyTable this config asks for (None when it uses none): measured now or loaded."""
     source = cfg.latency_source
     if source is None:
         return None
-    from .latency import LatencyTable, measure_ort_table
-    params = count_params(model)
+    from .latency import LatencyTable
     if source == "ort":
-        import tempfile
-        from pathlib import Path
-        from ...export import onnx_from_torch
-        shapes = []
-        for p in paths:
-            m = model.get_submodule(p)
-            probe = LayerCost(p, m.in_features, m.out_features, 0.0, 0.0, torch.zeros(1))
-            shapes.append((dense.tokens[p], m.in_features, m.out_features, probe.max_rank(cfg.multiple)))
-        with tempfile.TemporaryDirectory(prefix="vitopt-lowrank-") as tmp:
-            # the whole dense model's time: what the layers' savings are a fraction of
-            onnx_path = Path(tmp) / "dense.onnx"
-            cpu = copy.deepcopy(model).cpu().eval()
-            onnx_from_torch(cpu, onnx_path)
-            del cpu
-            table = measure_ort_table(shapes, cfg.multiple, cfg.latency_batch, cfg.latency_threads,
-                                      model_onnx=str(onnx_path),
-                                      model_info={"class": type(model).__name__, "params": params}, log=log)
+        table = measure_model_table(model, paths, dense.tokens, cfg, log)
     else:
         table = LatencyTable.load(source)
         for p in paths:
             m = model.get_submodule(p)
             table.entry(dense.tokens[p], m.in_features, m.out_features)   # raises when a shape is missing
     if cfg.budget_kind == "latency":
-        info = table.model or {}
+        info, params = table.model or {}, count_params(model)
         if "ms" not in info:
             raise VitoptError("the latency budget needs the whole model's time in the latency table "
                               "(measure it for this model: latency_table=ort)")
@@ -256,7 +261,7 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
     ranks = allocate_ranks(layers, budget, cfg.multiple)
     chosen = {p: r for p, r in ranks.items() if r != DENSE}
     log(f"lowrank: {len(chosen)}/{len(paths)} layers factorised, ranks {sorted(set(chosen.values()))}")
-    latency = _latency_report(table, layers, ranks, model, paths, dense) if table is not None else None
+    latency = _latency_report(table, layers, ranks, dense.tokens) if table is not None else None
 
     per_layer = {}
     reference = copy.deepcopy(model).eval() if cfg.sequential else None
@@ -310,11 +315,12 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
     return model, lowrank_structure(model), report
 
 
-def _latency_report(table, layers, ranks, model, paths, dense) -> dict:
-    """Break-even caps, per-layer predicted times and the predicted model latency ratio."""
-    per_layer, dense_sum, new_sum = {}, 0.0, 0.0
+def _latency_report(table, layers, ranks, tokens) -> dict:
+    """Break-even caps, per-layer predicted times and the predicted model latency ratio (None when the
+    table lacks the time of a chosen rank, e.g. measured at other rank multiples)."""
+    per_layer, dense_sum, new_sum, complete = {}, 0.0, 0.0, True
     for L in layers:
-        shape = (dense.tokens[L.path], L.in_features, L.out_features)
+        shape = (tokens[L.path], L.in_features, L.out_features)
         d = table.dense_ms(*shape)
         r = ranks[L.path]
         ms = d if r == DENSE else table.rank_ms(*shape).get(r)
@@ -322,8 +328,9 @@ def _latency_report(table, layers, ranks, model, paths, dense) -> dict:
                              "dense_ms": round(d, 4), "ms": None if ms is None else round(ms, 4)}
         dense_sum += d
         new_sum += d if ms is None else ms
+        complete = complete and ms is not None
     model_ms = (table.model or {}).get("ms")
-    predicted = None if model_ms is None else round((model_ms - dense_sum + new_sum) / model_ms, 4)
+    predicted = round((model_ms - dense_sum + new_sum) / model_ms, 4) if model_ms and complete else None
     return {"backend": table.backend, "batch": table.batch, "threads": table.threads,
             "predicted_latency_ratio": predicted, "layers": per_layer, "latency_table": table.to_dict()}
 
