@@ -194,3 +194,12 @@ def test_config_budget_kinds_and_cli_flag():
     assert build_config("lowrank", {"latency": "0.8"}).latency_ratio == 0.8
     with pytest.raises(VitoptError, match="takes no --latency"):
         build_config("slim", {"latency": "0.8"})
+
+
+def test_missing_table_fails_before_calibration(tmp_path):
+    def batches():
+        raise AssertionError("calibration started before the table was checked")
+        yield
+    cfg = LowRankConfig(params_ratio=0.8, latency_table=str(tmp_path / "none.json"), **_common())
+    with pytest.raises(VitoptError, match="none.json does not exist"):
+        factorize_linears(tiny_vit(depth=3), cfg, batches(), log=lambda s: None)

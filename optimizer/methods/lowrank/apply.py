@@ -121,16 +121,15 @@ def measure_model_table(model: nn.Module, paths: list, tokens: dict, cfg: LowRan
                                  model_info={"class": type(model).__name__, "params": count_params(model)}, log=log)
 
 
-def _latency_table(model, paths, dense, cfg, log):
-    """The LatencyTable this config asks for (None when it uses none): measured now or loaded."""
-    source = cfg.latency_source
-    if source is None:
+def _latency_table(model, paths, dense, cfg, log, loaded=None):
+    """The LatencyTable this config asks for (None when it uses none): measured now, or ``loaded``
+    from ``cfg.latency_table`` (read before the calibration pass so a bad file fails fast)."""
+    if cfg.latency_source is None:
         return None
-    from .latency import LatencyTable
-    if source == "ort":
+    if loaded is None:
         table = measure_model_table(model, paths, dense.tokens, cfg, log)
     else:
-        table = LatencyTable.load(source)
+        table = loaded
         for p in paths:
             m = model.get_submodule(p)
             table.entry(dense.tokens[p], m.in_features, m.out_features)   # raises when a shape is missing
@@ -248,11 +247,15 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
     """
     t0 = time.perf_counter()
     paths = candidate_paths(model, cfg)
+    loaded = None
+    if cfg.latency_source not in (None, "ort"):
+        from .latency import LatencyTable
+        loaded = LatencyTable.load(cfg.latency_source)
     dense_params, dense_macs = count_params(model), count_macs(model).macs
     dense = dense_pass(model, batches, paths, cfg.heldout_every, keep_block_inputs=cfg.sequential,
                        probe_images=cfg.probe_images if cfg.allocation == "sensitivity" else 0)
     t_pass = time.perf_counter() - t0
-    table = _latency_table(model, paths, dense, cfg, log)
+    table = _latency_table(model, paths, dense, cfg, log, loaded)
     layers, fixed, total, whitenings = _layer_costs(model, paths, dense, cfg, table)
     sens = _sensitivities(model, layers, whitenings, dense.probe, cfg) if cfg.allocation == "sensitivity" else {}
     for L in layers:
