@@ -130,18 +130,26 @@ def paired_gap(a: str, b: str) -> tuple:
 
 
 @torch.no_grad()
+def _dense_predictions(dense, val) -> tuple:
+    """({path: dense top-1 class}, dense correct count, images) on the val folder."""
+    from optimizer.data import build_loader
+    pred, c1, n = {}, 0, 0
+    for b in build_loader(val, dense, batch_size=64, workers=2):
+        z = dense(b.images).argmax(1)
+        pred.update({p: int(v) for p, v in zip(b.paths, z)})
+        c1 += int((z == b.labels).sum())
+        n += len(z)
+    return pred, c1, n
+
+
+@torch.no_grad()
 def stage_eval(a) -> dict:
     from optimizer.compress import load_compressed
     from optimizer.counting import count_macs, count_params
     from optimizer.data import build_loader
     val = str(Path(a.data) / "val")
     dense = _dense(a.weights)
-    dense_pred, c1, n = {}, 0, 0
-    for b in build_loader(val, dense, batch_size=64, workers=2):
-        z = dense(b.images).argmax(1)
-        dense_pred.update({p: int(v) for p, v in zip(b.paths, z)})
-        c1 += int((z == b.labels).sum())
-        n += len(z)
+    dense_pred, c1, n = _dense_predictions(dense, val)
     dcounts = count_macs(dense)
     out = {"dense": {"top1": round(100 * c1 / n, 2), "images": n, "macs": dcounts.macs,
                      "params": count_params(dense)}, "variants": {}}
@@ -241,11 +249,10 @@ def stage_consensus(a) -> dict:
     from optimizer.compress import load_compressed
     from optimizer.data import build_loader
     from optimizer.methods.gates.modules import gated_modules, set_forced_gates
+    from optimizer.counting import count_macs
     dense = _dense(a.weights)
-    dense_pred = {}
-    for b in build_loader(str(Path(a.data) / "val"), dense, batch_size=64, workers=2):
-        dense_pred.update({p: int(v) for p, v in zip(b.paths, dense(b.images).argmax(1))})
-    dmacs = None
+    dense_pred, _, _ = _dense_predictions(dense, str(Path(a.data) / "val"))
+    dmacs = count_macs(dense).macs
     out = {}
     for name in a.variants:
         model = load_compressed(Path(a.work) / name).model.eval()
@@ -268,9 +275,6 @@ def stage_consensus(a) -> dict:
         for mode in ("dynamic", "static_consensus"):
             set_forced_gates(model, (lambda m: pick[m]) if mode != "dynamic" else None)
             r = _eval_batches(model, dense_pred, str(Path(a.data) / "val"), 32)
-            if dmacs is None:
-                from optimizer.counting import count_macs
-                dmacs = count_macs(dense).macs
             res[mode] = {"top1": r["top1"], "agreement": r["agreement"], "macs_ratio": round(r["macs"] / dmacs, 4),
                          "correct": r["correct"]}
             print(f"[consensus] {name} {mode}: {res[mode]['top1']} % top-1, MACs {res[mode]['macs_ratio']}", flush=True)

@@ -300,20 +300,18 @@ def _targets(args, state, ev, comp, dense_top1) -> list:
     return out
 
 
-def _predicted(args, table, ranks) -> float:
-    """Predicted model latency ratio of ``ranks`` ({path: [r1, r2]}) from the table (DeiT-Tiny: 197 tokens)."""
+def _predicted(t, shapes, ranks) -> float:
+    """Predicted model latency ratio of ``ranks`` ({path: [r1, r2]}) from table ``t``; ``shapes``: {path: shape}."""
+    ms = t.model["ms"] + sum(t.rank_ms(*shapes[p])[sum(r)] - t.dense_ms(*shapes[p]) for p, r in ranks.items())
+    return ms / t.model["ms"]
+
+
+def _linear_shapes(args) -> dict:
+    """{path: (tokens, in, out)} of DeiT-Tiny's candidate Linears (197 tokens)."""
     from optimizer.methods.lowrank.apply import candidate_paths
-    from optimizer.methods.lowrank.latency import LatencyTable
-    t = LatencyTable.from_dict(table)
     dense = dense_model(args)
-    total = t.model["ms"]
-    ms = total
-    for p in candidate_paths(dense, LowRankConfig(params_ratio=0.5)):
-        m = dense.get_submodule(p)
-        shape = (197, m.in_features, m.out_features)
-        if p in ranks:
-            ms += t.rank_ms(*shape)[sum(ranks[p])] - t.dense_ms(*shape)
-    return ms / total
+    return {p: (197, dense.get_submodule(p).in_features, dense.get_submodule(p).out_features)
+            for p in candidate_paths(dense, LowRankConfig(params_ratio=0.5))}
 
 
 def _latency_aware_section(args, state, ev, comp) -> list:
@@ -343,9 +341,10 @@ def _latency_aware_section(args, state, ev, comp) -> list:
               "| model | params ratio | MACs ratio | predicted latency ratio | measured latency ratio | "
               "realised % of MACs ideal | top-1 % | agreement % | mean KL |", "|---|---|---|---|---|---|---|---|---|"]
     names = [n for n in comp if n.endswith(f"_{args.lat_arm}") or n.endswith("_cap")]
+    shapes = _linear_shapes(args)
     for n in sorted(names, key=lambda n: (n.endswith("_cap"), n[0], n)):
         c, e = comp[n], ev.get(n, {})
-        pred = c.get("predicted_latency_ratio") or _predicted(args, table, c["ranks"])
+        pred = c.get("predicted_latency_ratio") or _predicted(t, shapes, c["ranks"])
         sp = speed.get(n)
         lines.append(f"| {n} | {_f(c['params_ratio'], 3)} | {_f(c['macs_ratio'], 3)} | {_f(pred, 3)} | "
                      f"{_f(1 / sp if sp else None, 3)} | {_f(100 * sp * c['macs_ratio'] if sp else None, 1)} | "
