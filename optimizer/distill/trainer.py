@@ -21,7 +21,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -178,7 +178,7 @@ class HoldoutGuard:
 
 
 def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional[DistillConfig] = None,
-            *, resume: bool = False) -> dict:
+            *, resume: bool = False, before_step: Optional[Callable[[int, int], None]] = None) -> dict:
     """Fine-tune ``student`` (in place) from the frozen ``teacher`` on ``ctx.calib_dir``.
 
     Args:
@@ -188,6 +188,8 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
         ctx: ``CompressContext`` (calib_dir, device, workers, seed, work_dir, log, synsets).
         cfg: ``DistillConfig`` (default: official manifold-distillation weights, one epoch).
         resume: continue from ``ctx.work_dir``'s checkpoint (error when there is none).
+        before_step: called as ``before_step(step, batch)`` before each student forward (e.g. the gates
+            step sets its gate groups for that batch here, so the backbone is tuned under them).
     Returns:
         report dict: steps, epochs, images, seconds, images_per_s, lr, first/final losses, evals, world_size.
     Raises:
@@ -321,6 +323,8 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                     if use_teacher:
                         with torch.no_grad():
                             z_t = teacher(x)
+                    if before_step is not None:
+                        before_step(step, x.shape[0])
                     z_s = model(x)
                     fs, ft = (matched_features(student, tap_s.outputs, teacher, tap_t.outputs, pairs, index_cache)
                               if pairs else ([], []))

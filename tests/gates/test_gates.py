@@ -439,3 +439,49 @@ def test_gates_after_slim_export_parity(tmp_path):
             with torch.no_grad():
                 ref = model(x).numpy()
             np.testing.assert_allclose(r.infer({r.input_name: x.numpy()})["logits"], ref, atol=1e-5)
+
+
+def test_group_schedule_follows_the_augmentation_mode():
+    from optimizer.methods.gates.modules import group_schedule
+    assert [group_schedule(8, t, False) for t in range(3)] == [[8], [8], [8]]
+    assert [group_schedule(8, t, True, "tree") for t in range(3)] == [[4, 2, 1, 1], [8], [4, 2, 1, 1]]
+    assert [group_schedule(8, t, True, "level") for t in range(5)] == [[8], [4, 4], [2, 2, 2, 2], [1] * 8, [8]]
+    with pytest.raises(VitoptError, match="sub-group mode"):
+        group_schedule(8, 0, True, "random")
+
+
+@pytest.mark.parametrize("aug,mode", [(True, "tree"), (True, "level"), (False, "tree")])
+def test_finetune_tunes_the_backbone_under_the_gate_training_groups(image_folder, aug, mode):
+    """The recovery fine-tune splits every batch into gate groups by the gate-training schedule
+    (sub-group augmentation must not be undone by tuning under whole-batch decisions only); gate
+    nets stay frozen, the backbone moves."""
+    from optimizer.compress import CompressContext
+    from optimizer.methods.gates.method import _finetune
+    from optimizer.methods.gates.modules import group_schedule
+    dense, model = _gated()
+    _randomise_gates(model, scale=0.5)
+    cfg = GatesConfig(macs_ratio=0.6, finetune_steps=4, batch_size=4, subgroup_aug=aug, subgroup_mode=mode,
+                      finetune_lr=1e-3, augment=False)
+    ctx = CompressContext(calib_dir=str(image_folder), workers=0, log=lambda s: None)
+    mod = gated_modules(model)[0]
+    seen = []
+    hook = mod.register_forward_pre_hook(lambda m, args: seen.append((args[0].shape[0], m.group_sizes))
+                                         if m.training else None)
+    gates_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".gate_net." in n}
+    backbone_before = model.blocks[0].mlp.fc1.weight.detach().clone()
+    try:
+        rep = _finetune(model, dense, ctx, cfg)
+    finally:
+        hook.remove()
+    assert rep["steps"] == 4 and len(seen) == 4
+    assert [sizes for _, sizes in seen] == [group_schedule(b, t, aug, mode) for t, (b, _) in enumerate(seen)]
+    expected = {}
+    for t, (b, _) in enumerate(seen):
+        for s in group_schedule(b, t, aug, mode):
+            expected[str(s)] = expected.get(str(s), 0) + 1
+    assert rep["gate_groups"] == expected
+    assert all(m.group_sizes is None for m in gated_modules(model))       # reset afterwards
+    for n, p in model.named_parameters():
+        if n in gates_before:
+            assert torch.equal(p, gates_before[n]), n
+    assert not torch.equal(model.blocks[0].mlp.fc1.weight, backbone_before)

@@ -10,7 +10,7 @@ from ...counting import count_macs, count_params
 from ...errors import VitoptError
 from .config import GatesConfig
 from .convert import gate_model, gate_summary, rebuild_gated, static_prune, structure_of
-from .modules import gated_modules, set_forced_gates
+from .modules import gated_modules, group_schedule, set_forced_gates, set_group_sizes
 from .train import calibrate_gates, init_gates_from_importance, train_gates
 
 
@@ -78,20 +78,34 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
 
 
 def _finetune(model, teacher, ctx, cfg: GatesConfig) -> dict:
-    """Backbone recovery with the shared distillation trainer; gate nets frozen (no MACs term there)."""
+    """Backbone recovery with the shared distillation trainer; gate nets frozen (no MACs term there).
+
+    Every step splits its batch into gate groups by the same schedule as gate training: tuning the
+    backbone only under whole-batch decisions would undo what sub-group augmentation bought."""
     from ...distill import DistillConfig, recover
     frozen = [p for m in gated_modules(model) if m.gate_net is not None for p in m.gate_net.parameters()]
     for p in frozen:
         p.requires_grad_(False)
+    groups_seen: dict = {}
+
+    def set_groups(step: int, batch: int) -> None:
+        sizes = group_schedule(batch, step, cfg.subgroup_aug, cfg.subgroup_mode)
+        set_group_sizes(model, sizes)
+        for s in sizes:
+            groups_seen[s] = groups_seen.get(s, 0) + 1
+
     try:
         dcfg = DistillConfig(alpha=1.0, beta=0.0, tau=cfg.kd_tau, steps=cfg.finetune_steps, batch_size=cfg.batch_size,
                              lr=cfg.finetune_lr, augment=cfg.augment, limit=cfg.calib_images, eval_at_start=False,
                              save_every=0)
-        rep = recover(model, teacher, ctx, dcfg)
+        rep = recover(model, teacher, ctx, dcfg, before_step=set_groups)
     finally:
+        set_group_sizes(model, None)
         for p in frozen:
             p.requires_grad_(True)
-    return {k: rep.get(k) for k in ("steps", "seconds", "images_per_s", "first_losses", "final_losses")}
+    out = {k: rep.get(k) for k in ("steps", "seconds", "images_per_s", "first_losses", "final_losses")}
+    out["gate_groups"] = {str(k): v for k, v in sorted(groups_seen.items())}
+    return out
 
 
 def rebuild_gates(model, structure: dict):

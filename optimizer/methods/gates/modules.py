@@ -79,6 +79,20 @@ def level_group_sizes(batch: int, step: int) -> list:
     return [size] * full + ([rest] if rest else [])
 
 
+def group_schedule(batch: int, step: int, subgroup_aug: bool, mode: str = "tree") -> list:
+    """Gate groups of training step ``step``: the whole batch without augmentation; with it, "tree"
+    alternates ``subgroup_sizes`` (even steps) with the whole batch, "level" is ``level_group_sizes``.
+    Gate training and the backbone fine-tune both follow it, so the backbone is tuned under the
+    same group sizes the gates were trained for."""
+    if not subgroup_aug:
+        return [batch]
+    if mode == "level":
+        return level_group_sizes(batch, step)
+    if mode != "tree":
+        raise VitoptError(f"unknown sub-group mode {mode!r}: use 'tree' or 'level'")
+    return subgroup_sizes(batch) if step % 2 == 0 else [batch]
+
+
 class GateNet(nn.Module):
     """Pooled features (D,) or (groups, D) -> one logit per dynamic unit. ``hidden=0``: one Linear."""
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...errors import VitoptError
-from .modules import gated_modules, level_group_sizes, set_estimator, set_group_sizes, subgroup_sizes
+from .modules import gated_modules, group_schedule, set_estimator, set_group_sizes
 
 
 def macs_ratio_tensor(model: nn.Module, fixed_macs: float, dense_macs: float) -> torch.Tensor:
@@ -89,13 +89,7 @@ def train_gates(model: nn.Module, teacher: nn.Module, loader, *, target: float, 
                     continue
                 x = batch.images.to(device)
                 B = x.shape[0]
-                # sub-group augmentation: alternate recursive halving with whole-batch groups
-                if not subgroup_aug:
-                    sizes = [B]
-                elif subgroup_mode == "level":
-                    sizes = level_group_sizes(B, step)
-                else:
-                    sizes = subgroup_sizes(B) if step % 2 == 0 else [B]
+                sizes = group_schedule(B, step, subgroup_aug, subgroup_mode)
                 set_group_sizes(model, sizes)
                 for g, b in zip(opt.param_groups, base):   # cosine decay
                     g["lr"] = b * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
