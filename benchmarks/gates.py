@@ -75,7 +75,7 @@ def stage_train(a) -> dict:
             raise SystemExit(f"--macs {a.macs} is not below the base model's {base_ratio:.3f} of dense MACs")
         cfg = GatesConfig(macs_ratio=round(step_target, 4), **VARIANTS[name], epochs=a.epochs, steps=a.steps,
                           batch_size=a.train_batch, lr_backbone=a.lr_backbone, lr_gates=a.lr_gates,
-                          finetune_steps=a.finetune_steps,
+                          finetune_steps=a.finetune_steps, finetune_lr=a.finetune_lr,
                           calib_groups=(1, a.train_batch), augment=a.augment, gamma=a.gamma)
         ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=a.seed)
         t0 = time.perf_counter()
@@ -146,7 +146,7 @@ def _dense_predictions(dense, val) -> tuple:
 def stage_eval(a) -> dict:
     from optimizer.compress import load_compressed
     from optimizer.counting import count_macs, count_params
-    from optimizer.data import build_loader
+    from optimizer.methods.gates import set_fixed_k
     val = str(Path(a.data) / "val")
     dense = _dense(a.weights)
     dense_pred, c1, n = _dense_predictions(dense, val)
@@ -155,19 +155,31 @@ def stage_eval(a) -> dict:
                      "params": count_params(dense)}, "variants": {}}
     for name in a.variants:
         model = load_compressed(Path(a.work) / name).model
-        rows = []
-        for bs in a.batches:
-            t0 = time.perf_counter()
-            r = _eval_batches(model, dense_pred, val, bs)
-            r.update(batch=bs, macs_ratio=round(r["macs"] / dcounts.macs, 4), seconds=round(time.perf_counter() - t0, 1))
-            rows.append(r)
-            print(f"[eval] {name} batch {bs}: top-1 {r['top1']} agreement {r['agreement']} "
-                  f"MACs {r['macs_ratio']}", flush=True)
-        top = [r["top1"] for r in rows]
-        out["variants"][name] = {"rows": rows, "params": count_params(model),
-                                 "top1_spread": round(max(top) - min(top), 2),
-                                 "mean_macs_ratio": round(float(np.mean([r["macs_ratio"] for r in rows])), 4)}
+        out["variants"][name] = dict(_eval_rows(model, dense_pred, val, a.batches, dcounts.macs, name),
+                                     params=count_params(model))
+        if a.eval_fixed_k:
+            # the static-shape deployment form: each module runs its calibrated mean K, top-scored per group
+            set_fixed_k(model, True)
+            try:
+                out["variants"][name]["fixed_k"] = _eval_rows(model, dense_pred, val, a.batches, dcounts.macs,
+                                                              f"{name} fixed-K")
+            finally:
+                set_fixed_k(model, False)
     return out
+
+
+def _eval_rows(model, dense_pred, val, batches, dense_macs, label) -> dict:
+    rows = []
+    for bs in batches:
+        t0 = time.perf_counter()
+        r = _eval_batches(model, dense_pred, val, bs)
+        r.update(batch=bs, macs_ratio=round(r["macs"] / dense_macs, 4), seconds=round(time.perf_counter() - t0, 1))
+        rows.append(r)
+        print(f"[eval] {label} batch {bs}: top-1 {r['top1']} agreement {r['agreement']} "
+              f"MACs {r['macs_ratio']}", flush=True)
+    top = [r["top1"] for r in rows]
+    return {"rows": rows, "top1_spread": round(max(top) - min(top), 2),
+            "mean_macs_ratio": round(float(np.mean([r["macs_ratio"] for r in rows])), 4)}
 
 
 def _val_images(a, model, count):
@@ -309,7 +321,9 @@ def stage_seeds(a) -> dict:
         tr = json.loads((d / "gates_train.json").read_text())
         runs.append({"dir": str(d), "seed": tr["args"].get("seed", 0), "epochs": tr["args"].get("epochs"),
                      "lr_gates": tr["args"].get("lr_gates", 1e-2),
-                     "variants": {n: {r["batch"]: r["top1"] for r in v["rows"]} for n, v in ev["result"]["variants"].items()}})
+                     "variants": {n: {r["batch"]: r["top1"] for r in v["rows"]} for n, v in ev["result"]["variants"].items()},
+                     "fixed_k": {n: {r["batch"]: r["top1"] for r in v["fixed_k"]["rows"]}
+                                 for n, v in ev["result"]["variants"].items() if v.get("fixed_k")}})
     configs = {(r["epochs"], r["lr_gates"]) for r in runs}
     if len(configs) != 1:
         raise SystemExit(f"--seed-results mix training configs {sorted(configs)}: compare seeds of one command")
@@ -320,16 +334,26 @@ def _seeds_section(sd) -> list:
     if not sd:
         return []
     runs = sd["runs"]
-    names = sorted({n for r in runs for n in r["variants"]}, key=lambda n: list(VARIANTS).index(n))
     out = ["## Run-to-run spread (same command, training seeds " + ", ".join(str(r["seed"]) for r in runs) + ")", "",
-           "Only the gate initialisation and the training-image order change between seeds; val order is fixed.", "",
-           "| variant | top-1 b=1 per seed | top-1 b=64 per seed | abs(b1 − b64) per seed | mean abs(b1 − b64) | "
+           "Only the gate initialisation and the training-image order change between seeds; val order is fixed.", ""]
+    out += _seed_table(runs, "variants")
+    if all(r.get("fixed_k") for r in runs):
+        out += ["Fixed K (static shapes), same models:", ""] + _seed_table(runs, "fixed_k")
+    return out
+
+
+def _seed_table(runs: list, key: str) -> list:
+    """Per variant: top-1 at b=1 and b=64 per seed, their gaps, and aug-vs-noaug wins at b=1."""
+    def top(r, n, b):
+        return r[key][n].get(str(b), r[key][n].get(b))
+    names = sorted({n for r in runs for n in r[key]}, key=lambda n: list(VARIANTS).index(n))
+    out = ["| variant | top-1 b=1 per seed | top-1 b=64 per seed | abs(b1 − b64) per seed | mean abs(b1 − b64) | "
            "mean b=1 |",
            "|---|---|---|---|---|---|"]
     mean_b1 = {}
     for n in names:
-        b1 = [r["variants"][n].get("1", r["variants"][n].get(1)) for r in runs if n in r["variants"]]
-        b64 = [r["variants"][n].get("64", r["variants"][n].get(64)) for r in runs if n in r["variants"]]
+        b1 = [top(r, n, 1) for r in runs if n in r[key]]
+        b64 = [top(r, n, 64) for r in runs if n in r[key]]
         gaps = [abs(x - y) for x, y in zip(b1, b64)]
         mean_b1[n] = float(np.mean(b1))
         out.append(f"| {n} | {' / '.join(f'{v:.2f}' for v in b1)} | {' / '.join(f'{v:.2f}' for v in b64)} | "
@@ -339,42 +363,59 @@ def _seeds_section(sd) -> list:
         for n in names:
             if n == "noaug":
                 continue
-            wins = sum(1 for r in runs if n in r["variants"] and "noaug" in r["variants"] and
-                       r["variants"][n].get("1", r["variants"][n].get(1)) >
-                       r["variants"]["noaug"].get("1", r["variants"]["noaug"].get(1)))
-            out.append(f"- {n} beats noaug at batch 1 in {wins} of {len(runs)} seeds (mean {mean_b1[n]:.2f} vs "
+            both = [r for r in runs if n in r[key] and "noaug" in r[key]]
+            wins = sum(1 for r in both if top(r, n, 1) > top(r, "noaug", 1))
+            out.append(f"- {n} beats noaug at batch 1 in {wins} of {len(both)} seeds (mean {mean_b1[n]:.2f} vs "
                        f"{mean_b1['noaug']:.2f} %)")
     out.append("")
     return out
 
 
+def _batch_targets(variants: dict, label: str) -> list:
+    """Table-5 targets for {variant: {"rows", "mean_macs_ratio"}}: |b1 − b64| ≤ 0.5 and aug > noaug at b1."""
+    out = []
+    for name, v in variants.items():
+        rows = {r["batch"]: r for r in v["rows"]}
+        if 1 in rows and 64 in rows:
+            d = abs(rows[1]["top1"] - rows[64]["top1"])
+            se = ""
+            if rows[1].get("correct") and rows[64].get("correct"):
+                _, err = paired_gap(rows[1]["correct"], rows[64]["correct"])
+                se = f" ± {err:.2f} (paired standard error)"
+            out.append(f"- {name}{label}: |top-1(b=1) − top-1(b=64)| = {d:.2f}{se} points (target ≤ 0.5 with "
+                       f"augmentation): {'met' if d <= 0.5 else 'NOT met'}; mean executed MACs "
+                       f"{v['mean_macs_ratio']} of dense (target ≈ 0.6)")
+    if "noaug" in variants:
+        r1 = {n: next((r for r in v["rows"] if r["batch"] == 1), None) for n, v in variants.items()}
+        for n in variants:
+            if n == "noaug" or r1[n] is None or r1["noaug"] is None:
+                continue
+            se = ""
+            if r1[n].get("correct") and r1["noaug"].get("correct"):
+                se = f" (paired standard error of the gap {paired_gap(r1['noaug']['correct'], r1[n]['correct'])[1]:.2f})"
+            out.append(f"- {n} vs noaug{label} at batch 1: {r1[n]['top1']} vs {r1['noaug']['top1']} % top-1{se}: "
+                       f"{'beats it (met)' if r1[n]['top1'] > r1['noaug']['top1'] else 'does NOT beat it'}")
+    return out
+
+
+def _accuracy_table(variants: dict) -> list:
+    batches = [r["batch"] for r in next(iter(variants.values()))["rows"]]
+    lines = ["| variant | " + " | ".join(f"b={b} top-1 / agree / MACs" for b in batches) + " | spread |",
+             "|---|" + "---|" * (len(batches) + 1)]
+    for name, v in variants.items():
+        cells = [f"{r['top1']} / {r['agreement']} / {r['macs_ratio']}" for r in v["rows"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {v['top1_spread']} |")
+    return lines + [""]
+
+
 def _targets(ev, lat) -> list:
-    """The issue's targets, checked against the measured numbers."""
+    """The issue's targets, checked against the measured numbers (data-dependent K, then fixed K)."""
     out = ["## Targets (from the issue) vs measured", ""]
     if ev:
-        for name, v in ev["variants"].items():
-            rows = {r["batch"]: r for r in v["rows"]}
-            if 1 in rows and 64 in rows:
-                d = abs(rows[1]["top1"] - rows[64]["top1"])
-                se = ""
-                if rows[1].get("correct") and rows[64].get("correct"):
-                    _, err = paired_gap(rows[1]["correct"], rows[64]["correct"])
-                    se = f" ± {err:.2f} (paired standard error)"
-                out.append(f"- {name}: |top-1(b=1) − top-1(b=64)| = {d:.2f}{se} points (target ≤ 0.5 with augmentation): "
-                           f"{'met' if d <= 0.5 else 'NOT met'}; mean executed MACs {v['mean_macs_ratio']} of dense "
-                           f"(target ≈ 0.6)")
-        va = ev["variants"]
-        if "noaug" in va:
-            r1 = {n: next((r for r in v["rows"] if r["batch"] == 1), None) for n, v in va.items()}
-            b1 = {n: (r["top1"] if r else None) for n, r in r1.items()}
-            for n in va:
-                if n != "noaug" and b1[n] is not None and b1["noaug"] is not None:
-                    ok = b1[n] > b1["noaug"]
-                    se = ""
-                    if r1[n].get("correct") and r1["noaug"].get("correct"):
-                        se = f" (paired standard error of the gap {paired_gap(r1['noaug']['correct'], r1[n]['correct'])[1]:.2f})"
-                    out.append(f"- {n} vs noaug at batch 1: {b1[n]} vs {b1['noaug']} % top-1{se}: "
-                               f"{'beats it (met)' if ok else 'does NOT beat it'}")
+        out += _batch_targets(ev["variants"], "")
+        fixed = {n: v["fixed_k"] for n, v in ev["variants"].items() if v.get("fixed_k")}
+        if fixed:
+            out += _batch_targets(fixed, " (fixed K)")
     if lat:
         r8 = lat["summary"].get("gated", {}).get("8") or lat["summary"].get("gated", {}).get(8)
         if r8:
@@ -411,6 +452,8 @@ def _command(args: dict) -> str:
     for key, default in (("lr_backbone", 0.0), ("gamma", 100.0), ("finetune_steps", 0), ("macs", 0.6)):
         if args.get(key, default) != default:
             parts.append(f"--{key.replace('_', '-')} {args[key]:g}")
+    if args.get("finetune_steps"):
+        parts.append(f"--finetune-lr {args.get('finetune_lr', 1e-5):g}")
     if args.get("augment"):
         parts.append("--augment")
     return "`" + " ".join(parts) + "`"
@@ -445,13 +488,12 @@ def report(out_dir: Path, observations: Sequence[str] = (), train_args: Optional
         lines += ["## Accuracy vs inference batch (= gate group size)", "",
                   f"Dense DeiT-Tiny: top-1 {ev['dense']['top1']} % on {ev['dense']['images']} images, "
                   f"{ev['dense']['macs'] / 1e9:.3f} GMACs.", ""]
-        batches = [r["batch"] for r in next(iter(ev["variants"].values()))["rows"]]
-        lines += ["| variant | " + " | ".join(f"b={b} top-1 / agree / MACs" for b in batches) + " | spread |",
-                  "|---|" + "---|" * (len(batches) + 1)]
-        for name, v in ev["variants"].items():
-            cells = [f"{r['top1']} / {r['agreement']} / {r['macs_ratio']}" for r in v["rows"]]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {v['top1_spread']} |")
-        lines.append("")
+        lines += _accuracy_table(ev["variants"])
+        fixed = {n: v["fixed_k"] for n, v in ev["variants"].items() if v.get("fixed_k")}
+        if fixed:
+            lines += ["Fixed K (the static-shape export): every module runs its calibrated mean number of dynamic "
+                      "units, the top-scored ones of each group; same models, same images.", ""]
+            lines += _accuracy_table(fixed)
     if lat:
         lines += ["## ONNX Runtime latency vs dense (real val images, interleaved)", "",
                   "| model | batch | dense p50 ms | p50 ms | realised speedup | ideal (MACs) | fraction of ideal |",
@@ -537,8 +579,12 @@ def main(argv=None) -> int:
     p.add_argument("--augment", action="store_true", help="timm RandAugment on the gate-training images")
     p.add_argument("--base", default="", help="compressed model dir to gate (static part, e.g. a slim result); "
                    "--macs stays the total target vs dense")
-    p.add_argument("--finetune-steps", type=int, default=0)
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="backbone recovery after static pruning, under the gate-training group schedule")
+    p.add_argument("--finetune-lr", type=float, default=1e-4, help="its learning rate (slim's recovery lr)")
     p.add_argument("--batches", default="1,2,8,32,64")
+    p.add_argument("--eval-fixed-k", action=argparse.BooleanOptionalAction, default=True,
+                   help="eval stage: also the fixed-K (static shapes) form of every variant")
     p.add_argument("--latency-batches", default="1,8,32")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
