@@ -28,6 +28,9 @@ def register(sub) -> None:
                    help="images for the parity check (default: $VITOPT_DATA; random inputs without it)")
     p.add_argument("--parity-images", default=str(PARITY_IMAGES),
                    help=f"number of images for the parity check (default {PARITY_IMAGES})")
+    p.add_argument("--gates-k", default=None, metavar="MODE",
+                   help="models with a gates step: 'data' (default: K = count of gate scores over the threshold, "
+                        "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")
     p.add_argument("--atol", default="1e-4", help="largest allowed |PyTorch - ONNX| of the fp32 logits (default 1e-4)")
     add_json_arg(p)
     p.set_defaults(func=run)
@@ -61,7 +64,10 @@ def run(args) -> int:
     from ..export import check_parity, compare_outputs, onnx_from_torch, save_onnx, set_metadata
     from ..export.parity import ort_session
     from ..fileio import _check_parent
+    from ..methods.gates.export import GATES_K_MODES, gates_k_mode
     opset = positive_int(args.opset, "--opset")
+    if args.gates_k is not None and args.gates_k not in GATES_K_MODES:
+        raise VitoptError(f"--gates-k must be one of {', '.join(GATES_K_MODES)}, got {args.gates_k!r}")
     n_images = positive_int(args.parity_images, "--parity-images")
     try:
         atol = float(args.atol)
@@ -77,7 +83,10 @@ def run(args) -> int:
     loaded = load_model_from_args(args)
     model = loaded.model.eval()
     out = {"model": loaded.to_dict(), "output": args.output}
-    with tempfile.TemporaryDirectory(prefix="vitopt-export-") as tmp:
+    with gates_k_mode(model, args.gates_k) as gates_meta, tempfile.TemporaryDirectory(prefix="vitopt-export-") as tmp:
+        if gates_meta:
+            print(f"gates: K {gates_meta['vitopt.gates.k']} in {gates_meta['vitopt.gates.modules']} gated modules")
+            out["gates_k"] = gates_meta["vitopt.gates.k"]
         raw = os.path.join(tmp, "raw.onnx")
         info = onnx_from_torch(model, raw, opset=opset, dynamo=not args.legacy, description=loaded.describe())
         print(f"exported with the {info.exporter} exporter, opset {opset}, dynamic batch "
@@ -120,7 +129,7 @@ def run(args) -> int:
                 raise VitoptError(f"fp16 model diverges from PyTorch: min cosine {r16.cosine:.4f} < "
                                   f"{FP16_MIN_COSINE} on {where}")
         set_metadata(proto, {"vitopt.cleanup": str(not args.no_cleanup).lower(),
-                             "vitopt.precision": "fp16" if args.fp16 else "fp32"})
+                             "vitopt.precision": "fp16" if args.fp16 else "fp32", **gates_meta})
         size = save_onnx(proto, args.output)
     out["size_bytes"] = size
     print(f"wrote {args.output} ({size / 1e6:.2f} MB)")

@@ -24,7 +24,7 @@ from ..errors import VitoptError
 TOP_KEYS = {"version", "model", "model_kwargs", "checkpoint", "data", "calib", "synsets", "device", "seed", "workers", "steps"}
 PIPELINE_STEPS = {
     "eval": {"batch_size", "limit", "reference"},
-    "export": {"opset", "exporter", "cleanup", "parity_images", "atol"},
+    "export": {"opset", "exporter", "cleanup", "parity_images", "atol", "gates_k"},
     "build": {"batch", "precision", "builder", "optional"},
     "bench": {"backends", "batch", "iters", "warmup", "threads", "spinning"},
 }

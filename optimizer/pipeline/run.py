@@ -116,8 +116,9 @@ def _parity_inputs(st: RunState, n: int):
 
 def _step_export(st: RunState, opts: dict) -> dict:
     import onnx
-    from ..export import check_parity, onnx_from_torch
+    from ..export import check_parity, onnx_from_torch, set_metadata
     from ..graph import cleanup_graph, convert_to_fp16, op_histogram
+    from ..methods.gates.export import gates_k_mode
     from ..export.torch_to_onnx import save_onnx
     opset = int(opts.get("opset", 18))
     exporter = opts.get("exporter", "dynamo")
@@ -126,18 +127,24 @@ def _step_export(st: RunState, opts: dict) -> dict:
     model = st.model
     merge = _export_ready(model)
     path = st.out / "model.onnx"
-    info = onnx_from_torch(merge, path, opset=opset, dynamo=exporter == "dynamo",
-                           description=st.loaded.describe())
-    res = {"export": info.to_dict()}
-    if opts.get("cleanup", True):
-        proto, report = cleanup_graph(onnx.load(str(path)))
-        save_onnx(proto, path)
-        res["cleanup"] = report.to_dict()
-        _log(f"export: graph clean-up {report.nodes_before} -> {report.nodes_after} nodes")
-    x, what = _parity_inputs(st, int(opts.get("parity_images", 8)))
-    parity = check_parity(merge, path, x, atol=float(opts.get("atol", 1e-4)))
+    with gates_k_mode(merge, opts.get("gates_k")) as gates_meta:
+        info = onnx_from_torch(merge, path, opset=opset, dynamo=exporter == "dynamo",
+                               description=st.loaded.describe())
+        res = {"export": info.to_dict()}
+        if opts.get("cleanup", True):
+            proto, report = cleanup_graph(onnx.load(str(path)))
+            save_onnx(proto, path)
+            res["cleanup"] = report.to_dict()
+            _log(f"export: graph clean-up {report.nodes_before} -> {report.nodes_after} nodes")
+        x, what = _parity_inputs(st, int(opts.get("parity_images", 8)))
+        parity = check_parity(merge, path, x, atol=float(opts.get("atol", 1e-4)))
     res["parity"] = {**parity.to_dict(), "inputs": what}
     _log(f"export: parity vs PyTorch on {what}: {parity}")
+    if gates_meta:
+        res["gates_k"] = gates_meta["vitopt.gates.k"]
+        proto = onnx.load(str(path))
+        set_metadata(proto, gates_meta)
+        save_onnx(proto, path)
     st.onnx["fp32"] = path
     proto16 = convert_to_fp16(onnx.load(str(path)))
     p16 = st.out / "model.fp16.onnx"

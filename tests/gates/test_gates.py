@@ -403,6 +403,8 @@ def test_tensorrt_rtx_builds_the_gated_graph(tmp_path, fixed_k):
     from optimizer.methods.gates.export import onnx_from_gated, trt_rtx_build
     _, model = _gated(group_size=16)
     _randomise_gates(model)
+    for m in gated_modules(model):
+        m.mean_active = m.dynamic_units / 2
     path = tmp_path / "gated.onnx"
     onnx_from_gated(model, path, fixed_k=fixed_k)
     res = trt_rtx_build(path, batch_sizes=(1, 8, 32))
