@@ -153,11 +153,21 @@ def stage_eval(a) -> dict:
     dcounts = count_macs(dense)
     out = {"dense": {"top1": round(100 * c1 / n, 2), "images": n, "macs": dcounts.macs,
                      "params": count_params(dense)}, "variants": {}}
+    if a.fixed_k_eval == "add":
+        # fixed-K rows added to the eval already in --out (the data-dependent rows are deterministic: kept)
+        prev = Path(a.out) / f"gates_eval{a.tag}.json"
+        if not prev.is_file():
+            raise SystemExit(f"--fixed-k-eval add needs an earlier eval in {prev}")
+        out = json.loads(prev.read_text())["result"]
+        missing = sorted(set(a.variants) - set(out["variants"]))
+        if missing:
+            raise SystemExit(f"--fixed-k-eval add: {prev} has no eval of {missing}")
     for name in a.variants:
         model = load_compressed(Path(a.work) / name).model
-        out["variants"][name] = dict(_eval_rows(model, dense_pred, val, a.batches, dcounts.macs, name),
-                                     params=count_params(model))
-        if a.eval_fixed_k:
+        if a.fixed_k_eval != "add":
+            out["variants"][name] = dict(_eval_rows(model, dense_pred, val, a.batches, dcounts.macs, name),
+                                         params=count_params(model))
+        if a.fixed_k_eval in ("yes", "add"):
             # the static-shape deployment form: each module runs its calibrated mean K, top-scored per group
             set_fixed_k(model, True)
             try:
@@ -583,8 +593,9 @@ def main(argv=None) -> int:
                    help="backbone recovery after static pruning, under the gate-training group schedule")
     p.add_argument("--finetune-lr", type=float, default=1e-4, help="its learning rate (slim's recovery lr)")
     p.add_argument("--batches", default="1,2,8,32,64")
-    p.add_argument("--eval-fixed-k", action=argparse.BooleanOptionalAction, default=True,
-                   help="eval stage: also the fixed-K (static shapes) form of every variant")
+    p.add_argument("--fixed-k-eval", default="yes", choices=["yes", "no", "add"],
+                   help="eval stage: also the fixed-K (static shapes) form of every variant; 'add': only that, "
+                        "added to the eval already in --out")
     p.add_argument("--latency-batches", default="1,8,32")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
