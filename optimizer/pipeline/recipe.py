@@ -107,6 +107,10 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
             if bad:
                 raise VitoptError(f"recipe {p}: step {i + 1} ({kind}): unknown option(s) {', '.join(bad)} "
                                   f"(known: {', '.join(sorted(PIPELINE_STEPS[kind]))})")
+            if kind == "export" and opts.get("gates_k", "data") not in ("data", "fixed"):
+                # checked here, not at the export step, so a long compress step never runs in vain
+                raise VitoptError(f"recipe {p}: step {i + 1} (export): gates_k must be data or fixed, "
+                                  f"got {opts['gates_k']!r}")
         elif kind not in METHOD_MODULES:
             raise VitoptError(f"recipe {p}: step {i + 1}: unknown step '{kind}' "
                               f"(steps: {', '.join(sorted(PIPELINE_STEPS))}; methods: {', '.join(sorted(METHOD_MODULES))})")
