@@ -566,6 +566,12 @@ OBSERVATIONS = [
     "which units matter on average, not per input; small groups deciding alone is where the batch dependence "
     "comes from. A 4-epoch run at gate lr 3e-3 (results/gates_4ep_lr3e-3/) was no flatter (tree 5.70, level "
     "8.35). On this data a static slim at the same MACs is the better model (slim 0.6: 74.1 %, results/slim_deit_tiny.md).",
+    "- Fixed K (added 2026-11-24, third session; same models and images, `--fixed-k-eval add`): running every module's "
+    "calibrated mean K, top-scored per group, beats the data-dependent K at batch 1 in every variant (mean over seeds "
+    "58.9 / 57.9 / 62.1 % for tree / noaug / level vs 55.4 / 54.6 / 57.4) and flattens the batch curve (mean "
+    "|b1 - b64| 1.91 / 2.24 / 0.95 vs 2.79 / 7.87 / 2.99; level within 0.5 in 1 of 3 seeds). Most of the no-aug batch "
+    "dependence came from K itself varying with the group. Fixed-K MACs are 0.60-0.65 of dense (the calibrated K). "
+    "For deployment `vitopt export --gates-k fixed` is the better form here: static shapes and higher accuracy.",
     "- The deployed graph runs at ≈ 100 % of its MAC reduction in ONNX Runtime at batch 8/32 (69 % at batch 1, "
     "where gate nets and weight gathers weigh more). The memory bound stays at 94-95 % of the dense parameters: "
     "slim removes tokens, not weights, and few gated units are never on.",
