@@ -131,22 +131,21 @@ def _step_export(st: RunState, opts: dict) -> dict:
         info = onnx_from_torch(merge, path, opset=opset, dynamo=exporter == "dynamo",
                                description=st.loaded.describe())
         res = {"export": info.to_dict()}
+        proto = onnx.load(str(path))
         if opts.get("cleanup", True):
-            proto, report = cleanup_graph(onnx.load(str(path)))
-            save_onnx(proto, path)
+            proto, report = cleanup_graph(proto)
             res["cleanup"] = report.to_dict()
             _log(f"export: graph clean-up {report.nodes_before} -> {report.nodes_after} nodes")
+        if gates_meta:
+            set_metadata(proto, gates_meta)
+            res["gates_k"] = gates_meta["vitopt.gates.k"]
+        save_onnx(proto, path)
         x, what = _parity_inputs(st, int(opts.get("parity_images", 8)))
         parity = check_parity(merge, path, x, atol=float(opts.get("atol", 1e-4)))
     res["parity"] = {**parity.to_dict(), "inputs": what}
     _log(f"export: parity vs PyTorch on {what}: {parity}")
-    if gates_meta:
-        res["gates_k"] = gates_meta["vitopt.gates.k"]
-        proto = onnx.load(str(path))
-        set_metadata(proto, gates_meta)
-        save_onnx(proto, path)
     st.onnx["fp32"] = path
-    proto16 = convert_to_fp16(onnx.load(str(path)))
+    proto16 = convert_to_fp16(proto)
     p16 = st.out / "model.fp16.onnx"
     save_onnx(proto16, p16)
     st.onnx["fp16"] = p16
