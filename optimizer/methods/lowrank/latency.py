@@ -183,8 +183,6 @@ def measure_ort_table(shapes: Sequence[tuple], multiple: int = 8, batch: int = 8
     with tempfile.TemporaryDirectory(prefix="vitopt-lat-") as tmp:
         for i, (tokens, fin, fout, max_rank) in enumerate(dict.fromkeys(tuple(int(v) for v in s) for s in shapes)):
             key = shape_key(tokens, fin, fout)
-            if key in table:
-                continue
             ranks = list(range(multiple, max_rank + 1, multiple))
             files = {"dense": os.path.join(tmp, f"{i}_dense.onnx")}
             _linear_onnx(files["dense"], tokens, fin, fout, None, i)
