@@ -55,15 +55,28 @@ def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list:
     return perm[rank * per:(rank + 1) * per] if world > 1 else perm
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list:
-    """timm's rule: no weight decay on 1-D tensors (norms, biases) and the model's no_weight_decay set."""
+def param_groups(model: nn.Module, weight_decay: float, lr_scale: Optional[Callable[[str], float]] = None) -> list:
+    """timm's rule: no weight decay on 1-D tensors (norms, biases) and the model's no_weight_decay set.
+
+    With ``lr_scale`` every (weight decay, scale) pair gets its own group that carries ``lr_scale`` for
+    the schedule; parameters scaled by 0 are left out (frozen)."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    buckets: dict = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = 1.0 if lr_scale is None else float(lr_scale(name))
+        if not math.isfinite(scale) or scale < 0:
+            raise VitoptError(f"learning-rate scale of {name} is {scale}: it must be a finite number >= 0")
+        if scale == 0.0:
+            continue
+        decays = not (p.ndim <= 1 or name in skip)
+        buckets.setdefault((decays, scale), []).append(p)
+    if lr_scale is None:
+        return [{"params": buckets.get((True, 1.0), []), "weight_decay": weight_decay},
+                {"params": buckets.get((False, 1.0), []), "weight_decay": 0.0}]
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
 
 
 class ModelEma:
@@ -178,7 +191,9 @@ class HoldoutGuard:
 
 
 def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional[DistillConfig] = None,
-            *, resume: bool = False, before_step: Optional[Callable[[int, int], None]] = None) -> dict:
+            *, resume: bool = False, before_step: Optional[Callable[[int, int], None]] = None,
+            extra_loss: Optional[Callable[[int], dict]] = None,
+            lr_scale: Optional[Callable[[str], float]] = None) -> dict:
     """Fine-tune ``student`` (in place) from the frozen ``teacher`` on ``ctx.calib_dir``.
 
     Args:
@@ -244,7 +259,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
         # a copy of a frozen teacher: train everything (a partial freeze is respected as given)
         say("distill: every student parameter was frozen; training all of them")
         student.requires_grad_(True)
-    groups = param_groups(student, cfg.weight_decay)
+    groups = param_groups(student, cfg.weight_decay, lr_scale)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
     use_amp = cfg.amp and device.type == "cuda"
@@ -315,7 +330,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                     continue
                 lr = lr_at(step, total, base_lr, warmup, cfg.min_lr_ratio)
                 for grp in opt.param_groups:
-                    grp["lr"] = lr
+                    grp["lr"] = lr * grp.get("lr_scale", 1.0)
                 x = batch.images.to(device, non_blocking=True)
                 y = batch.labels.to(device) if cfg.needs_labels else None
                 with autocast():
@@ -330,14 +345,16 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                               if pairs else ([], []))
                 rand_gen = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7_919 + step)
                 terms = loss_fn(z_s, z_t, fs, ft, y, generator=rand_gen)
+                extras = extra_loss(step) if extra_loss is not None else {}
+                total_loss = terms.total + sum(extras.values()) if extras else terms.total
                 tap_s.outputs.clear()
                 if tap_t is not None:
                     tap_t.outputs.clear()
-                if not torch.isfinite(terms.total):
-                    raise VitoptError(f"distillation loss is {float(terms.total)} at step {step} "
+                if not torch.isfinite(total_loss):
+                    raise VitoptError(f"distillation loss is {float(total_loss)} at step {step} "
                                       "(lower --lr or enable gradient clipping)")
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(terms.total).backward()
+                scaler.scale(total_loss).backward()
                 grad_norm = None
                 if cfg.clip_grad is not None:
                     scaler.unscale_(opt)
@@ -349,6 +366,9 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                 step += 1
                 images += x.shape[0]
                 d = terms.to_dict()
+                if extras:
+                    d.update({k: float(v.detach()) for k, v in extras.items()})
+                    d["total"] = float(total_loss.detach())
                 if grad_norm is not None:
                     d["grad_norm"] = grad_norm
                 window.append(d)

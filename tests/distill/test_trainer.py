@@ -165,3 +165,29 @@ def test_holdout_config_errors():
         DistillConfig(holdout=0.8)
     with pytest.raises(ValueError, match="needs alpha > 0 or beta > 0"):
         DistillConfig(holdout=0.1, alpha=0.0, beta=0.0)
+
+
+def test_lr_scale_freezes_or_scales_parameters_and_extra_loss_is_added_and_logged(image_folder):
+    """A parameter scaled by 0 never moves; the extra term enters the loss (its gradient moves the
+    head bias towards its target) and is logged under its name with the total."""
+    student, teacher = _pair()
+    frozen = {n: p.detach().clone() for n, p in student.named_parameters() if n.startswith("blocks.0.")}
+    target = torch.full_like(student.head.bias, 1.0)
+    terms = []
+
+    def extra(step):
+        t = 10.0 * ((student.head.bias - target) ** 2).mean()
+        terms.append(float(t.detach()))
+        return {"pull": t}
+
+    rep = recover(student, teacher, _ctx(image_folder),
+                  DistillConfig(steps=6, beta=0.0, **FAST), extra_loss=extra,
+                  lr_scale=lambda n: 0.0 if n.startswith("blocks.0.") else (250.0 if n == "head.bias" else 1.0))
+    for n, p in student.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert len(terms) == 6 and terms[-1] < 0.25 * terms[0]
+    fl = rep["final_losses"]
+    assert fl["pull"] == pytest.approx(terms[-1]) and fl["total"] == pytest.approx(fl["loss"] + fl["pull"])
+    with pytest.raises(VitoptError, match="learning-rate scale of .* is -1.0"):
+        recover(_pair()[0], teacher, _ctx(image_folder), DistillConfig(steps=1, **FAST), lr_scale=lambda n: -1.0)

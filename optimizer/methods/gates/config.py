@@ -36,8 +36,11 @@ class GatesConfig(MethodConfig):
     batch_size        training batch (= the largest gate group seen in training)
     lr_gates          AdamW learning rate of the gate nets
     lr_backbone       learning rate of the other weights during gate training (0: frozen)
-    finetune_steps    joint fine-tune after static pruning (gates + backbone at finetune_lr)
-    finetune_lr       learning rate of that fine-tune
+    finetune_steps    fine-tune after static pruning (distillation trainer, same gate-group schedule)
+    finetune_lr       backbone learning rate of that fine-tune
+    finetune_gates    the gate nets train in the fine-tune too (at lr_gates, with the MACs-target
+                      loss), so executed MACs stay at the target while the backbone moves; off: gate
+                      nets frozen, and the MACs follow whatever the tuned features switch on
     kd_tau            logit distillation temperature (teacher = the model entering this step)
     never_on          a unit on in at most this fraction of calibration groups is removed
     always_on         a unit on in at least this fraction of calibration groups becomes static
@@ -67,6 +70,7 @@ class GatesConfig(MethodConfig):
     lr_backbone: float = 0.0
     finetune_steps: int = 0
     finetune_lr: float = 1e-5
+    finetune_gates: bool = True
     kd_tau: float = 1.0
     never_on: float = 0.01
     always_on: float = 0.99
