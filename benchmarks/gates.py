@@ -76,7 +76,8 @@ def stage_train(a) -> dict:
         cfg = GatesConfig(macs_ratio=round(step_target, 4), **VARIANTS[name], epochs=a.epochs, steps=a.steps,
                           batch_size=a.train_batch, lr_backbone=a.lr_backbone, lr_gates=a.lr_gates,
                           finetune_steps=a.finetune_steps, finetune_lr=a.finetune_lr,
-                          finetune_gates=a.finetune_gates == "yes", calib_groups=(1, a.train_batch),
+                          finetune_gates=a.finetune_gates == "yes", finetune_lr_gates=a.finetune_lr_gates,
+                          calib_groups=(1, a.train_batch),
                           augment=a.augment, gamma=a.gamma)
         ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=a.seed)
         t0 = time.perf_counter()
@@ -467,6 +468,8 @@ def _command(args: dict) -> str:
         parts.append(f"--finetune-lr {args.get('finetune_lr', 1e-5):g}")
         if args.get("finetune_gates", "yes") != "yes":
             parts.append(f"--finetune-gates {args['finetune_gates']}")
+        else:
+            parts.append(f"--finetune-lr-gates {args.get('finetune_lr_gates', 1e-3):g}")
     if args.get("augment"):
         parts.append("--augment")
     return "`" + " ".join(parts) + "`"
@@ -603,6 +606,7 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lr", type=float, default=1e-4, help="its learning rate (slim's recovery lr)")
     p.add_argument("--finetune-gates", default="yes", choices=["yes", "no"],
                    help="gate nets train in the fine-tune too, under the MACs term (no: frozen)")
+    p.add_argument("--finetune-lr-gates", type=float, default=1e-3, help="gate-net lr in that fine-tune")
     p.add_argument("--batches", default="1,2,8,32,64")
     p.add_argument("--fixed-k-eval", default="yes", choices=["yes", "no", "add"],
                    help="eval stage: also the fixed-K (static shapes) form of every variant; 'add': only that, "

@@ -490,7 +490,7 @@ def test_finetune_tunes_the_backbone_under_the_gate_training_groups(image_folder
 
 
 def test_finetune_with_gates_keeps_pulling_executed_macs_to_the_target(image_folder):
-    """finetune_gates: the gate nets train at lr_gates beside the backbone under the MACs term, so the
+    """finetune_gates: the gate nets train at finetune_lr_gates beside the backbone under the MACs term, so the
     tuned model executes fewer MACs than the same fine-tune with frozen gates (target far below the
     start); the term is logged and the train-time MACs ratio reported."""
     from optimizer.compress import CompressContext
@@ -503,7 +503,7 @@ def test_finetune_with_gates_keeps_pulling_executed_macs_to_the_target(image_fol
     for train in (False, True):
         model = copy.deepcopy(start)
         cfg = GatesConfig(macs_ratio=0.2, gamma=100.0, finetune_steps=6, batch_size=4, finetune_lr=1e-4,
-                          lr_gates=0.2, augment=False, finetune_gates=train, subgroup_aug=False)
+                          finetune_lr_gates=0.2, augment=False, finetune_gates=train, subgroup_aug=False)
         gates_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".gate_net." in n}
         rep = _finetune(model, dense, ctx, cfg, count_macs(dense).macs)
         moved = any(not torch.equal(p, gates_before[n]) for n, p in model.named_parameters() if n in gates_before)
@@ -521,8 +521,8 @@ def test_apply_recalibrates_and_prunes_again_after_the_finetune(image_folder):
     from optimizer.methods.gates.train import calibrate_gates
     model = tiny_vit(num_classes=5)
     cfg = GatesConfig(macs_ratio=0.5, steps=3, batch_size=2, group_size=16, gate_hidden=8, calib_groups=(1, 2),
-                      augment=False, finetune_steps=3, finetune_lr=1e-3, lr_gates=0.05, init_logit=0.02,
-                      importance_init=0.0, never_on=0.0, always_on=1.0)
+                      augment=False, finetune_steps=3, finetune_lr=1e-3, lr_gates=0.05, finetune_lr_gates=0.05,
+                      init_logit=0.02, importance_init=0.0, never_on=0.0, always_on=1.0)
     ctx = CompressContext(calib_dir=str(image_folder), workers=0, log=lambda s: None)
     res = apply_gates(model, cfg, ctx)
     ft = res.report["finetune"]

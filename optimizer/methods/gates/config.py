@@ -38,9 +38,11 @@ class GatesConfig(MethodConfig):
     lr_backbone       learning rate of the other weights during gate training (0: frozen)
     finetune_steps    fine-tune after static pruning (distillation trainer, same gate-group schedule)
     finetune_lr       backbone learning rate of that fine-tune
-    finetune_gates    the gate nets train in the fine-tune too (at lr_gates, with the MACs-target
-                      loss), so executed MACs stay at the target while the backbone moves; off: gate
-                      nets frozen, and the MACs follow whatever the tuned features switch on
+    finetune_gates    the gate nets train in the fine-tune too (at finetune_lr_gates, with the
+                      MACs-target loss), so executed MACs stay at the target while the backbone
+                      moves; off: gate nets frozen, and the MACs follow what the tuned features switch on
+    finetune_lr_gates gate-net learning rate in that fine-tune (below lr_gates: decisions that keep
+                      flipping leave the backbone nothing stable to adapt to)
     kd_tau            logit distillation temperature (teacher = the model entering this step)
     never_on          a unit on in at most this fraction of calibration groups is removed
     always_on         a unit on in at least this fraction of calibration groups becomes static
@@ -71,6 +73,7 @@ class GatesConfig(MethodConfig):
     finetune_steps: int = 0
     finetune_lr: float = 1e-5
     finetune_gates: bool = True
+    finetune_lr_gates: float = 1e-3
     kd_tau: float = 1.0
     never_on: float = 0.01
     always_on: float = 0.99
@@ -109,6 +112,7 @@ class GatesConfig(MethodConfig):
         if not isinstance(self.finetune_steps, int) or self.finetune_steps < 0:
             raise ValueError(f"finetune_steps must be a non-negative integer, got {self.finetune_steps!r}")
         check_positive("finetune_lr", self.finetune_lr)
+        check_positive("finetune_lr_gates", self.finetune_lr_gates)
         check_positive("kd_tau", self.kd_tau)
         for name in ("never_on", "always_on"):
             v = getattr(self, name)

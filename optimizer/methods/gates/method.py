@@ -89,12 +89,12 @@ def _finetune(model, teacher, ctx, cfg: GatesConfig, dense_macs: float) -> dict:
 
     Every step splits its batch into gate groups by the same schedule as gate training: tuning the
     backbone only under whole-batch decisions would undo what sub-group augmentation bought. With
-    ``cfg.finetune_gates`` the gate nets keep training at ``lr_gates`` under the MACs-target term:
+    ``cfg.finetune_gates`` the gate nets keep training at ``finetune_lr_gates`` under the MACs term:
     frozen gates read features that the tuned backbone changes, and switch on more units than the
     target (measured: 0.61 -> 0.67-0.70 of dense MACs over 64 steps on DeiT-Tiny)."""
     from ...distill import DistillConfig, recover
     gate_names = {n for n, _ in model.named_parameters() if ".gate_net." in n}
-    gate_scale = cfg.lr_gates / cfg.finetune_lr if cfg.finetune_gates else 0.0
+    gate_scale = cfg.finetune_lr_gates / cfg.finetune_lr if cfg.finetune_gates else 0.0
     groups_seen: dict = {}
     ratios: list = []
 
