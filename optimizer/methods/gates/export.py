@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
 from ...errors import VitoptError
 from .modules import gated_modules, set_fixed_k
@@ -88,51 +88,3 @@ def op_counts(path: str | os.PathLike) -> dict:
     for n in onnx.load(str(path)).graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def trt_rtx_build(path: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8, 32),
-                  input_shape: Optional[Sequence[int]] = None, fp16: bool = False) -> dict:
-    """Try to build a TensorRT-for-RTX engine (strongly typed, one profile over ``batch_sizes``).
-
-    Returns {"builder", "version", "parsed", "built", "errors", "engine_bytes", "seconds"}; never raises
-    for parser/builder failures (they are the result), raises VitoptError when TensorRT for RTX is absent.
-    """
-    import time
-    try:
-        import tensorrt_rtx as trt
-    except ImportError:
-        raise VitoptError("TensorRT for RTX is not installed (pip install tensorrt_rtx)") from None
-    if fp16:
-        raise VitoptError("strongly typed TensorRT-RTX networks take their precision from the ONNX file: "
-                          "convert the ONNX to fp16 first")
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    net = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(net, logger)
-    out = {"builder": "tensorrt_rtx", "version": trt.__version__, "parsed": False, "built": False, "errors": [],
-           "engine_bytes": None, "seconds": None, "profile": list(batch_sizes)}
-    t0 = time.perf_counter()
-    with open(path, "rb") as f:
-        ok = parser.parse(f.read())
-    out["parsed"] = bool(ok)
-    out["errors"] = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    if not ok:
-        return out
-    inp = net.get_input(0)
-    shape = list(input_shape) if input_shape else list(inp.shape)[1:]
-    cfg = builder.create_builder_config()
-    prof = builder.create_optimization_profile()
-    bs = sorted(batch_sizes)
-    prof.set_shape(inp.name, [bs[0], *shape], [bs[len(bs) // 2], *shape], [bs[-1], *shape])
-    cfg.add_optimization_profile(prof)
-    try:
-        engine = builder.build_serialized_network(net, cfg)
-    except Exception as e:  # the builder raises RuntimeError/TypeError subclasses
-        out["errors"].append(f"{type(e).__name__}: {e}")
-        engine = None
-    out["seconds"] = round(time.perf_counter() - t0, 2)
-    if engine is not None:
-        out["built"], out["engine_bytes"] = True, int(engine.nbytes)
-    elif not out["errors"]:
-        out["errors"].append("build_serialized_network returned None (see the TensorRT log)")
-    return out
