@@ -22,6 +22,9 @@ from typing import Optional
 from ..errors import VitoptError
 
 TOP_KEYS = {"version", "model", "model_kwargs", "checkpoint", "data", "calib", "synsets", "device", "seed", "workers", "steps"}
+# = optimizer.methods.gates.export.GATES_K_MODES (a test keeps them equal); not imported from there
+# because that module pulls in torch and loading a recipe stays light
+GATES_K_MODES = ("data", "fixed")
 PIPELINE_STEPS = {
     "eval": {"batch_size", "limit", "reference"},
     "export": {"opset", "exporter", "cleanup", "parity_images", "atol", "gates_k"},
@@ -107,9 +110,9 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
             if bad:
                 raise VitoptError(f"recipe {p}: step {i + 1} ({kind}): unknown option(s) {', '.join(bad)} "
                                   f"(known: {', '.join(sorted(PIPELINE_STEPS[kind]))})")
-            if kind == "export" and opts.get("gates_k", "data") not in ("data", "fixed"):
+            if kind == "export" and opts.get("gates_k", "data") not in GATES_K_MODES:
                 # checked here, not at the export step, so a long compress step never runs in vain
-                raise VitoptError(f"recipe {p}: step {i + 1} (export): gates_k must be data or fixed, "
+                raise VitoptError(f"recipe {p}: step {i + 1} (export): gates_k must be {' or '.join(GATES_K_MODES)}, "
                                   f"got {opts['gates_k']!r}")
         elif kind not in METHOD_MODULES:
             raise VitoptError(f"recipe {p}: step {i + 1}: unknown step '{kind}' "

@@ -53,3 +53,10 @@ steps:
 """)
     with pytest.raises(VitoptError, match="step 1 \\(export\\): gates_k must be data or fixed, got 'static'"):
         load_recipe(recipe)            # at load time: before any compress step could run
+
+
+def test_recipe_and_export_accept_the_same_gates_k_modes():
+    """recipe.py keeps its own copy so loading a recipe does not import torch; the two must agree."""
+    from optimizer.methods.gates.export import GATES_K_MODES
+    from optimizer.pipeline import recipe
+    assert recipe.GATES_K_MODES == GATES_K_MODES
