@@ -167,6 +167,15 @@ def _width(lin: nn.Module, side: str) -> int:
     return lin.in_features if side == "rows" else lin.out_features
 
 
+def _unit_rows(idx: torch.Tensor, unit_size: int, parts: int = 1, part_stride: int = 0) -> torch.Tensor:
+    """Row numbers of units ``idx`` (``unit_size`` consecutive rows each) in each of ``parts`` blocks
+    ``part_stride`` rows apart, in the order the reshape → index_select gathers of the reference give."""
+    rows = (idx[:, None] * unit_size + torch.arange(unit_size, device=idx.device)).reshape(-1)
+    if parts == 1:
+        return rows
+    return (torch.arange(parts, device=idx.device)[:, None] * part_stride + rows).reshape(-1)
+
+
 def _run(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's forward without its module hooks (the gated module counts its own MACs)."""
     return lin.forward(x)
@@ -176,6 +185,13 @@ class _Gated(nn.Module):
     """Shared gate logic: decisions, forced patterns, recording, training masks."""
 
     unit_kind = "unit"
+    use_kernels = False   # kernels.enable(model): gathered-weight Triton GEMMs on CUDA (kernels.dispatch says when)
+
+    def _kernels_on(self, *tensors) -> bool:
+        if not self.use_kernels:
+            return False
+        from kernels import wanted  # lazy: triton loads only when enabled
+        return wanted(*tensors)
 
     def _init_gates(self, dim: int, static_units: int, dynamic_units: int, gate_hidden: int,
                     threshold: float, init_logit: float = 1.0) -> None:
@@ -310,15 +326,25 @@ class GatedAttention(_Gated):
             return _run(self.proj, o.transpose(1, 2).reshape(B, N, H * hd))
         idx = self._all_index(self._eval_index(x), x.device)
         pre, w, b = row_parts(self.qkv)
-        r = w.shape[1]
-        wqkv = w.reshape(3, H, hd, r).index_select(1, idx).reshape(-1, r)
-        bqkv = None if b is None else b.reshape(3, H, hd).index_select(1, idx).reshape(-1)
-        qkv = F.linear(x if pre is None else F.linear(x, pre), wqkv, bqkv)
+        kernels_on = self._kernels_on(x, w)
+        if kernels_on:
+            from kernels import gathered_cols_linear, gathered_rows_linear
+            rows = _unit_rows(idx, hd, 3, H * hd)   # valid by construction: no range check, no host sync
+            qkv = gathered_rows_linear(x if pre is None else F.linear(x, pre), w, rows, b, check_index=False)
+        else:
+            r = w.shape[1]
+            wqkv = w.reshape(3, H, hd, r).index_select(1, idx).reshape(-1, r)
+            bqkv = None if b is None else b.reshape(3, H, hd).index_select(1, idx).reshape(-1)
+            qkv = F.linear(x if pre is None else F.linear(x, pre), wqkv, bqkv)
         qkv = qkv.reshape(B, N, 3, -1, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, -1)
         wt, post, b = col_parts(self.proj)
+        if kernels_on:
+            out = gathered_cols_linear(o, wt.t(), _unit_rows(idx, hd), None if post is not None else b,
+                                       check_index=False)
+            return out if post is None else F.linear(out, post, b)
         r = wt.shape[1]
         out = torch.matmul(o, wt.reshape(H, hd, r).index_select(0, idx).reshape(-1, r))
         if post is not None:
@@ -396,6 +422,15 @@ class GatedMlp(_Gated):
         G, S, Cs = self.dynamic_units, self.group_size, self.static_channels
         pre, w1f, b1f = row_parts(self.fc1)
         w2f, post, b2 = col_parts(self.fc2)
+        if self._kernels_on(x, w1f):
+            from kernels import gathered_cols_linear, gathered_rows_linear
+            rows = _unit_rows(idx, S) + Cs      # valid by construction: no range check, no host sync
+            if Cs:
+                rows = torch.cat([torch.arange(Cs, device=rows.device), rows])
+            h = self.act(gathered_rows_linear(x if pre is None else F.linear(x, pre), w1f, rows, b1f,
+                                              check_index=False))
+            out = gathered_cols_linear(h, w2f.t(), rows, None if post is not None else b2, check_index=False)
+            return out if post is None else F.linear(out, post, b2)
         r1, r2 = w1f.shape[1], w2f.shape[1]
         w1 = w1f[Cs:].reshape(G, S, r1).index_select(0, idx).reshape(-1, r1)
         w2 = w2f[Cs:].reshape(G, S, r2).index_select(0, idx).reshape(-1, r2)

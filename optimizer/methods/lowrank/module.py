@@ -27,6 +27,8 @@ class LowRankLinear(nn.Module):
     Example: ``LowRankLinear(192, 768, ranks=(64, 16), bias=True)``
     """
 
+    use_kernels = False   # kernels.enable(model): the fused Triton op on CUDA (kernels.dispatch says when)
+
     def __init__(self, in_features: int, out_features: int, ranks: Sequence[int] = (1, 0), bias: bool = True):
         super().__init__()
         r1, r2 = (int(r) for r in ranks)
@@ -51,6 +53,12 @@ class LowRankLinear(nn.Module):
         return self.ranks[0] + self.ranks[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_kernels:
+            from kernels import MAX_RANK, lowrank_linear, wanted  # lazy: triton loads only when enabled
+            if self.rank <= MAX_RANK and wanted(x, self.down1):
+                down, up = (self.down1, self.up1) if self.down2 is None else \
+                    (torch.cat([self.down1, self.down2]), torch.cat([self.up1, self.up2], 1))
+                return lowrank_linear(x, down, up, self.bias)
         y = F.linear(F.linear(x, self.down1), self.up1, self.bias)
         if self.down2 is not None:
             y = y + F.linear(F.linear(x, self.down2), self.up2)
