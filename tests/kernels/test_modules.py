@@ -145,3 +145,39 @@ def test_imports_stay_light_until_an_op_runs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, False, False]
+
+
+class _LowRankThenGated(torch.nn.Module):
+    def __init__(self, gen):
+        super().__init__()
+        self.lin = _lowrank(gen, 24, 32).eval()
+        self.mlp = _randomise(GatedMlp(32, static_channels=8, dynamic_groups=4, group_size=8, gate_hidden=4), gen)
+
+    def forward(self, x):
+        return self.mlp(self.lin(x))
+
+
+def test_modules_with_kernels_compile_in_one_graph(gen, op_calls):
+    model = _LowRankThenGated(gen).eval()      # data-dependent gates: K counted from the scores
+    x = rand(gen, 2, 5, 24)
+    with torch.no_grad():
+        ref = model(x)
+        kernels.enable(model)
+        y = torch.compile(model, backend="aot_eager", fullgraph=True)(x)   # a graph break would raise
+    torch.testing.assert_close(y, ref, atol=ATOL, rtol=RTOL)
+    assert op_calls == {"lowrank_linear": 1, "gathered_rows_linear": 1, "gathered_cols_linear": 1}
+
+
+@pytest.mark.slow   # the dynamo exporter: ~20 s on 2 shared cores
+def test_dynamo_export_with_kernels_enabled_has_only_standard_ops(gen, op_calls):
+    pytest.importorskip("onnxscript")
+    model = _LowRankThenGated(gen).eval()
+    kernels.enable(model)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        prog = torch.onnx.export(model, (rand(gen, 2, 5, 24),), None, dynamo=True, dynamic_shapes=({0: batch},),
+                                 optimize=True, verbose=False, report=False)
+    nodes = prog.model_proto.graph.node
+    assert not op_calls
+    assert {n.domain for n in nodes} <= {"", "ai.onnx"}
+    assert {"MatMul", "TopK", "Gather"} <= {n.op_type for n in nodes}
