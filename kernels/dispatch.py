@@ -4,8 +4,8 @@ A module runs the kernel when all of these hold, else the reference:
 * its ``use_kernels`` flag is on (``enable(model)``; off by default, never saved with the weights);
 * no exporter is tracing it (TorchScript tracing or ``torch.onnx.export``): exported graphs must
   stay plain MatMul / Gather, so ONNX files and TensorRT engines are the same with or without kernels;
-* its tensors are on CUDA (or on CPU while Triton's interpreter is on, TRITON_INTERPRET=1: tests);
-* no gradient is needed (the ops are inference-only).
+* its tensors are on CUDA (or on CPU while Triton's interpreter is on, TRITON_INTERPRET=1: tests).
+Gradients flow through the ops (plain-PyTorch backward formulas), so training may keep them on.
 """
 import os
 
@@ -35,7 +35,5 @@ def wanted(*tensors) -> bool:
     """True when a module whose ``use_kernels`` is on should call the kernel for these tensors."""
     import torch
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return all(t.is_cuda or (_INTERPRETER and t.device.type == "cpu") for t in tensors)

@@ -10,8 +10,8 @@ written and read back.
 How they reach ONNX / TensorRT: not as ops. A module with kernels enabled calls the references in
 ``kernels.reference`` while an exporter traces it (``kernels.dispatch``), so the graph keeps the
 Gather → MatMul that ``optimizer/methods/gates/export.py`` emits and TensorRT builds.
-``torch.compile`` / ``torch.export`` see the ops (fake implementations give the shapes). Inference
-only: no autograd formula; the modules use them only when no gradient is needed.
+``torch.compile`` / ``torch.export`` see the ops (fake implementations give the shapes). Gradients:
+plain-PyTorch formulas (``kernels/_autograd.py``).
 """
 import math
 from typing import Optional
@@ -20,6 +20,7 @@ import torch
 
 from optimizer.errors import VitoptError
 
+from ._autograd import cols_backward, rows_backward, save_inputs
 from ._checks import check_bias, check_floats, check_index_range, check_index_tensor, check_launchable, check_matrix
 
 _ROWS, _COLS = "gathered_rows_linear", "gathered_cols_linear"
@@ -81,6 +82,8 @@ def _cols_op(h: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, bias: O
 
 _rows_op.register_fake(lambda x, weight, index, bias, check_index: _fake(_ROWS, x, weight, index, bias))
 _cols_op.register_fake(lambda h, weight, index, bias, check_index: _fake(_COLS, h, weight, index, bias))
+_rows_op.register_autograd(rows_backward, setup_context=save_inputs)
+_cols_op.register_autograd(cols_backward, setup_context=save_inputs)
 
 
 def gathered_rows_linear(x: torch.Tensor, weight: torch.Tensor, index: torch.Tensor,

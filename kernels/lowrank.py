@@ -7,8 +7,8 @@ How it reaches ONNX / TensorRT: it does not, as an op. A module with kernels ena
 ``kernels.reference.lowrank_linear_reference`` while an exporter traces it (``kernels.dispatch``),
 so the graph holds the plain MatMul → MatMul (+ Add) that ``optimizer/graph`` rules and the
 TensorRT builders already handle. ``torch.compile`` and ``torch.export`` see the op itself (its
-fake implementation gives the shapes) and treat it as one opaque call. Inference only: no autograd
-formula is registered, and the modules use the op only when no gradient is needed.
+fake implementation gives the shapes) and treat it as one opaque call. Gradients: plain-PyTorch
+formulas (``kernels/_autograd.py``).
 """
 import math
 from typing import Optional
@@ -17,6 +17,7 @@ import torch
 
 from optimizer.errors import VitoptError
 
+from ._autograd import lowrank_backward, save_inputs
 from ._checks import check_bias, check_floats, check_launchable, check_matrix
 
 MAX_RANK = 256   # the FP32 intermediate tile (block rows × next power of two ≥ r) must fit in registers
@@ -58,6 +59,9 @@ def _lowrank_linear_op(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
 def _lowrank_linear_fake(x, down, up, bias):
     _check(x, down, up, bias)
     return x.new_empty((*x.shape[:-1], up.shape[0]))
+
+
+_lowrank_linear_op.register_autograd(lowrank_backward, setup_context=save_inputs)
 
 
 def lowrank_linear(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,

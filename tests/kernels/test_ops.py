@@ -97,6 +97,22 @@ def test_one_active_group(gen):
     assert_matches(y, gathered_cols_linear_reference(h, w2, rows, b2), torch.float32)
 
 
+@pytest.mark.parametrize("op", ["rows", "cols"])
+def test_gathered_gradients_equal_the_reference(gen, op):
+    """Backward of the gathered ops: repeated indices accumulate into the same weight row / column."""
+    units = 30
+    index = torch.tensor([4, 0, 29, 4, 17, 8], device=DEVICE)
+    weight = rand(gen, units, 12).requires_grad_() if op == "rows" else rand(gen, 12, units).requires_grad_()
+    bias = rand(gen, units if op == "rows" else 12).requires_grad_()
+    a = rand(gen, 2, 3, 12 if op == "rows" else 6).requires_grad_()
+    fn, ref = ((kernels.gathered_rows_linear, gathered_rows_linear_reference) if op == "rows" else
+               (kernels.gathered_cols_linear, gathered_cols_linear_reference))
+    gy = rand(gen, 2, 3, 6 if op == "rows" else 12)
+    grads = [torch.autograd.grad(f(a, weight, index, bias), (a, weight, bias), gy) for f in (fn, ref)]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 # ---- bad input: a VitoptError naming the problem, raised before anything launches
 
 @pytest.fixture
