@@ -372,7 +372,8 @@ def main(argv=None) -> int:
         print("kernels_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); --plan works without one",
               file=sys.stderr)
         return 2
-    device = torch.cuda.get_device_name(0)
+    from optimizer.bench.environment import environment, gpu_name
+    device = gpu_name()
     peaks, source = None, "none: no peak rates for this GPU (pass --peak-tflops and --peak-tbs)"
     if a.peak_tflops and a.peak_tbs:
         peaks, source = {a.dtype: a.peak_tflops * 1e12, "hbm": a.peak_tbs * 1e12}, "command line"
@@ -380,7 +381,6 @@ def main(argv=None) -> int:
         for key, val in PEAKS.items():
             if key in device:
                 peaks, source = val, f"NVIDIA {key} datasheet (dense, no sparsity): benchmarks/kernels_gpu.py PEAKS"
-    from optimizer.bench.environment import environment
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"device": device, "command": "python benchmarks/kernels_gpu.py " + " ".join(sys.argv[1:] if argv is None
