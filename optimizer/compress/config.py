@@ -9,15 +9,50 @@ from ..errors import VitoptError
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodConfig:
+class TypedOptions:
+    """Base of frozen option dataclasses read from recipes / the CLI: strict ``from_dict`` (unknown keys
+    rejected, values coerced to the field types, ``__post_init__`` errors as one VitoptError line)."""
+
+    what: ClassVar[str] = "options"     # how messages name these options ("export", "slim", ...)
+    noun: ClassVar[str] = "options"
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def _label(cls) -> str:
+        return cls.what
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        label = cls._label()
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise VitoptError(f"unknown {label} option(s): {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(names))})")
+        hints = typing.get_type_hints(cls)
+        kwargs = {k: coerce(v, hints.get(k), f"{label}.{k}") for k, v in d.items()}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise VitoptError(f"invalid {label} {cls.noun}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig(TypedOptions):
     """Base of every method config. Subclasses are frozen dataclasses that validate in ``__post_init__``."""
 
     method: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    noun: ClassVar[str] = "config"
 
     def to_dict(self) -> dict:
-        d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return {"method": self.method, "version": self.version, **d}
+        return {"method": self.method, "version": self.version, **super().to_dict()}
+
+    @classmethod
+    def _label(cls) -> str:
+        return cls.method
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodConfig":
@@ -26,17 +61,7 @@ class MethodConfig:
         version = d.pop("version", cls.version)
         if version != cls.version:
             raise VitoptError(f"{cls.method} config version {version} is not supported (this vitopt reads {cls.version})")
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise VitoptError(f"unknown {cls.method} option(s): {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(names))})")
-        hints = typing.get_type_hints(cls)
-        kwargs = {k: coerce(v, hints.get(k), f"{cls.method}.{k}") for k, v in d.items()}
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise VitoptError(f"invalid {cls.method} config: {e}") from None
+        return super().from_dict(d)
 
     def replace(self, **kw) -> "MethodConfig":
         return self.from_dict({**self.to_dict(), **kw})
