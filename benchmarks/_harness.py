@@ -26,7 +26,9 @@ def relative(text: str) -> str:
     rewritten relative to the repository root."""
     root, parent = str(ROOT), str(ROOT.parent)
     text = text.replace(root + os.sep, "").replace(root, ".")
-    return text.replace(parent + os.sep, ".." + os.sep)
+    text = text.replace(parent + os.sep, ".." + os.sep)
+    shared = str(SHARED.resolve())   # ../shared may be a link; paths read through it name its target
+    return text.replace(shared + os.sep, f"..{os.sep}shared{os.sep}").replace(shared, f"..{os.sep}shared")
 
 
 def scrub(obj):
