@@ -212,11 +212,11 @@ def main(argv=None) -> int:
         if name == "slim":
             if source != "standin":
                 built = method_student("slim", {"macs_ratio": 0.6, "importance": "magnitude",
-                                                "recovery": "none"}, teacher, ctx)
+                                                "recovery": {"loss": "none"}}, teacher, ctx)
             built = built or (None if source == "methods" else slim_standin(teacher, 0.6))
         elif name == "lowrank":
             if source != "standin":
-                built = method_student("lowrank", {"params_ratio": 0.5, "finetune_epochs": 0.0,
+                built = method_student("lowrank", {"params_ratio": 0.5, "recovery": {"epochs": 0.0},
                                                    "calib_images": 128, "comp_solver": "closed"}, teacher, ctx)
             built = built or (None if source == "methods" else lowrank_standin(teacher, 0.5))
         else:

@@ -20,7 +20,6 @@ Stages (each writes benchmarks/results/gates_<stage>.json; models live in --work
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from optimizer.compress.config import RecoveryConfig  # noqa: E402
 from optimizer.fileio import write_json, write_text  # noqa: E402
 from _harness import deploy_to_file, provenance, relative, reproduce_section, scrub  # noqa: E402
 
@@ -76,8 +76,8 @@ def stage_train(a) -> dict:
             raise SystemExit(f"--macs {a.macs} is not below the base model's {base_ratio:.3f} of dense MACs")
         cfg = GatesConfig(macs_ratio=round(step_target, 4), **VARIANTS[name], epochs=a.epochs, steps=a.steps,
                           batch_size=a.train_batch, lr_backbone=a.lr_backbone, lr_gates=a.lr_gates,
-                          finetune_steps=a.finetune_steps, finetune_lr=a.finetune_lr,
-                          finetune_gates=a.finetune_gates == "yes", finetune_lr_gates=a.finetune_lr_gates,
+                          recovery=RecoveryConfig(loss="logit", steps=a.finetune_steps, lr=a.finetune_lr),
+                          recovery_gates=a.finetune_gates == "yes", recovery_lr_gates=a.finetune_lr_gates,
                           calib_groups=(1, a.train_batch),
                           augment=a.augment, gamma=a.gamma)
         ctx = CompressContext(calib_dir=str(Path(a.data) / "train"), teacher=teacher, workers=2, seed=a.seed)
