@@ -11,7 +11,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import VitoptError
 from ..fileio import atomic_dir, sha256_file, write_json
@@ -31,7 +30,6 @@ class RunState:
     dense: object = None                    # the dense original (reference, teacher)
     onnx: dict = field(default_factory=dict)    # precision -> path
     engines: dict = field(default_factory=dict)  # precision -> path
-    results: dict = field(default_factory=dict)
     steps: list = field(default_factory=list)
 
     @property

@@ -203,13 +203,13 @@ def _carry_gate(old, new, dyn: list) -> None:
     old.gate_net.keep_units(dyn)
     new.gate_net = old.gate_net
     new.estimator, new.gumbel_tau = old.estimator, old.gumbel_tau
-    freq = getattr(old, "_on_freq_mean", None)
+    freq = getattr(old, "on_freq_mean", None)
     if freq is not None:
         new.mean_active = float(sum(freq[u] for u in dyn))
 
 
 def static_prune(model: nn.Module, never_on: float, always_on: float) -> dict:
-    """Use each module's recorded on-frequencies (``_on_freq_min``/``_on_freq_max``, set by
+    """Use each module's recorded on-frequencies (``on_freq_min``/``on_freq_max``, set by
     calibration) to remove never-on units and make always-on units static. Returns counts."""
     removed = {"heads": 0, "mlp_groups": 0}
     made_static = {"heads": 0, "mlp_groups": 0}
@@ -218,7 +218,7 @@ def static_prune(model: nn.Module, never_on: float, always_on: float) -> dict:
             g = getattr(blk, name)
             if not g.dynamic_units:
                 continue
-            fmax, fmin = g._on_freq_max, g._on_freq_min
+            fmax, fmin = g.on_freq_max, g.on_freq_min
             never = [u for u in range(g.dynamic_units) if fmax[u] <= never_on]
             always = [u for u in range(g.dynamic_units) if fmin[u] >= always_on and u not in never]
             if isinstance(g, GatedAttention) and len(never) == g.units:

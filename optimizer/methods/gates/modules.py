@@ -262,7 +262,7 @@ class _Gated(nn.Module):
         counts = torch.as_tensor(sizes, device=x.device)
         return mask.repeat_interleave(counts, dim=0)                    # (B, units)
 
-    def _unit_costs(self, x: torch.Tensor) -> tuple:
+    def unit_costs(self, x: torch.Tensor) -> tuple:
         """(MACs per image of the always-run part, MACs per image of one dynamic unit)."""
         raise NotImplementedError
 
@@ -301,7 +301,7 @@ class GatedAttention(_Gated):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
             o = o * mask[:, :, None, None]
             o = o.transpose(1, 2).reshape(B, N, H * hd)
-            fixed, per_unit = self._unit_costs(x)
+            fixed, per_unit = self.unit_costs(x)
             self.train_macs = fixed + per_unit * mask[:, self.static_units:].sum(1)
             return _run(self.proj, o)
         if not self.dynamic_units:      # every head static: the plain attention, no gather
@@ -340,7 +340,7 @@ class GatedAttention(_Gated):
         contrib = torch.einsum("bhnd,hde->bhne", o, w).norm(dim=-1).mean(dim=(0, 2))     # (H,)
         return contrib[self.static_units:]
 
-    def _unit_costs(self, x):
+    def unit_costs(self, x):
         N, D, hd = x.shape[1], self.dim, self.head_dim
         kq, kp = _width(self.qkv, "rows"), _width(self.proj, "cols")
         per_head = 3 * N * kq * hd + 2 * N * N * hd + N * hd * kp
@@ -350,7 +350,7 @@ class GatedAttention(_Gated):
     def vitopt_macs(self, inputs, output) -> int:
         """Executed q/k/v, attention and projection MACs for the heads that ran (batch total)."""
         x = inputs[0]
-        fixed, per_unit = self._unit_costs(x)
+        fixed, per_unit = self.unit_costs(x)
         active = self.dynamic_units if self.training else self.last_active
         return int(round(x.shape[0] * (fixed + per_unit * active)))
 
@@ -388,7 +388,7 @@ class GatedMlp(_Gated):
             mask = torch.cat([torch.ones(B, self.static_channels, device=x.device, dtype=x.dtype),
                               gm.repeat_interleave(self.group_size, dim=1)], dim=1)  # (B, C)
             h = self.act(_run(self.fc1, x)) * mask[:, None, :]
-            fixed, per_unit = self._unit_costs(x)
+            fixed, per_unit = self.unit_costs(x)
             self.train_macs = fixed + per_unit * gm.sum(1)
             return _run(self.fc2, h)
         if not self.dynamic_units:
@@ -420,7 +420,7 @@ class GatedMlp(_Gated):
         imp = h.abs().mean(dim=(0, 1)) * w.norm(dim=1)
         return imp[self.static_channels:].reshape(self.dynamic_units, self.group_size).sum(1)
 
-    def _unit_costs(self, x):
+    def unit_costs(self, x):
         N, D = x.shape[1], self.dim
         k1, k2 = _width(self.fc1, "rows"), _width(self.fc2, "cols")
         per_channel = N * k1 + N * k2
@@ -430,7 +430,7 @@ class GatedMlp(_Gated):
     def vitopt_macs(self, inputs, output) -> int:
         """Executed fc1 and fc2 MACs for the channels that ran (batch total)."""
         x = inputs[0]
-        fixed, per_unit = self._unit_costs(x)
+        fixed, per_unit = self.unit_costs(x)
         active = self.dynamic_units if (self.training or not self.dynamic_units) else self.last_active
         return int(round(x.shape[0] * (fixed + per_unit * active)))
 
