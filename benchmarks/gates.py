@@ -618,7 +618,7 @@ OBSERVATIONS = [
     "65.8 / 70.1 / 71.3 and 66.6 / 71.1 / 73.9 %, but executed MACs drifted from 0.61 to 0.66-0.70 of dense (the "
     "tuned features switch on more units), and the same backbones at the pre-fine-tune unit counts (fixed K, "
     "0.61-0.62) gave 57.4-61.9 % - no better than without the fine-tune: the gain was bought with units. So the "
-    "fine-tune now trains the gate nets under the MACs term (finetune_gates) and calibrates again afterwards. At the "
+    "fine-tune now trains the gate nets under the MACs term (recovery_gates, then called finetune_gates) and calibrates again afterwards. At the "
     "target it recovers nothing in 64 steps: fixed K b1 -> b64, gate lr 1e-3 (results/gates_ft_joint/): tree "
     "49.1 -> 56.2 % at 0.578, noaug 60.3 -> 58.7 % at 0.620, level 60.5 -> 60.7 % at 0.611; gate lr 1e-2 "
     "(results/gates_ft_joint_lr1e-2/): 50.5 -> 53.4 / 60.5 -> 59.9 / 60.5 -> 63.1 %; without fine-tune (this run) "

@@ -108,3 +108,13 @@ def test_recovery_is_one_block_in_every_method():
         build_config("lowrank", {"params": 0.5, "recovery": {"loss": "auto"}})
     with pytest.raises(VitoptError, match="unknown gates option\\(s\\): finetune_steps"):
         build_config("gates", {"macs": 0.6, "finetune_steps": 4})
+
+
+def test_recovery_shorthand_sets_the_loss_alone():
+    """``recovery: none`` in a recipe / ``--set recovery=none`` keep working: a plain value is the loss."""
+    from optimizer.compress.runner import build_config, parse_set_options
+    cfg = build_config("slim", {"macs": 0.6, **parse_set_options(["recovery=logit"])})
+    assert (cfg.recovery.loss, cfg.recovery.epochs, cfg.recovery.holdout) == ("logit", 1.0, 0.1)
+    assert build_config("slim", {"macs": 0.6, "recovery": "none"}).recovery.enabled is False
+    with pytest.raises(VitoptError, match="set both as a value and as a block"):
+        parse_set_options(["recovery=none", "recovery.epochs=1"])

@@ -15,6 +15,8 @@ class TypedOptions:
 
     what: ClassVar[str] = "options"     # how messages name these options ("export", "slim", ...)
     noun: ClassVar[str] = "options"
+    # as a nested block, a plain value stands for this one field (``recovery: none`` = ``{loss: none}``)
+    shorthand: ClassVar[Optional[str]] = None
 
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -36,7 +38,10 @@ class TypedOptions:
         kwargs = {}
         for k, v in d.items():
             hint = hints.get(k)
-            if isinstance(hint, type) and issubclass(hint, TypedOptions) and isinstance(v, dict):
+            nested = isinstance(hint, type) and issubclass(hint, TypedOptions)
+            if nested and hint.shorthand and isinstance(v, str):
+                v = {hint.shorthand: v}
+            if nested and isinstance(v, dict):
                 # a nested options block: the keys given replace those of the field's default
                 default = fields[k].default_factory() if fields[k].default_factory is not dataclasses.MISSING \
                     else fields[k].default
@@ -85,7 +90,8 @@ RECOVERY_LOSSES = ("none", "logit", "manifold")
 class RecoveryConfig(TypedOptions):
     """The fine-tune from the dense teacher after a method's transform, spelled the same in every
     method (``slim``/``lowrank``/``gates`` configs' ``recovery`` field; recipes ``recovery: {epochs: 1}``,
-    CLI ``--set recovery.epochs=1``). It runs ``optimizer.distill.recover``.
+    CLI ``--set recovery.epochs=1``; ``recovery: none`` / ``--set recovery=none`` set the loss alone).
+    It runs ``optimizer.distill.recover``.
 
     loss        "none" (no fine-tune), "logit" (logit KD, beta 0) or "manifold" (manifold + logit KD)
     epochs      passes over the calibration images (0 and no steps: no fine-tune)
@@ -98,6 +104,7 @@ class RecoveryConfig(TypedOptions):
     """
 
     what: ClassVar[str] = "recovery"
+    shorthand: ClassVar[Optional[str]] = "loss"
 
     loss: str = "manifold"
     epochs: float = 0.0

@@ -44,6 +44,8 @@ def parse_set_options(items: Sequence[str]) -> dict:
             d = d.setdefault(part, {})
             if not isinstance(d, dict):
                 raise VitoptError(f"--set {key.strip()}: {part} is set both as a value and as a block")
+        if isinstance(d.get(last), dict):
+            raise VitoptError(f"--set {key.strip()}: {last} is set both as a value and as a block")
         d[last] = value.strip()
     return out
 

@@ -461,7 +461,7 @@ def test_group_schedule_follows_the_augmentation_mode():
 def test_finetune_tunes_the_backbone_under_the_gate_training_groups(image_folder, aug, mode):
     """The recovery fine-tune splits every batch into gate groups by the gate-training schedule
     (sub-group augmentation must not be undone by tuning under whole-batch decisions only); with
-    finetune_gates off the gate nets stay frozen, the backbone moves."""
+    recovery_gates off the gate nets stay frozen, the backbone moves."""
     from optimizer.compress import CompressContext
     from optimizer.methods.gates.method import _finetune
     from optimizer.methods.gates.modules import group_schedule
