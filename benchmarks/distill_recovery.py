@@ -31,14 +31,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-from optimizer.cli.common import environment  # noqa: E402
 from optimizer.compress.registry import CompressContext  # noqa: E402
 from optimizer.counting import count_macs  # noqa: E402
 from optimizer.data import build_loader  # noqa: E402
 from optimizer.distill import DistillConfig, recover  # noqa: E402
 from optimizer.evaluation import evaluate  # noqa: E402
-from optimizer.fileio import write_json, write_text  # noqa: E402
+from optimizer.fileio import write_json  # noqa: E402
 from optimizer.models.loading import load_model  # noqa: E402
+from _harness import provenance, scrub, write_result  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ARMS = {
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     dense_eval = evaluate(teacher, val, desc="teacher").to_dict()
     dense_eval.pop("failed", None)
     dense_eval["seconds"] = round(time.perf_counter() - t, 2)
-    result = {"benchmark": "distill_recovery", "environment": environment(),
+    result = {"benchmark": "distill_recovery", "environment": provenance()["environment"],
               "data": {"train": args.train, "val": args.val, "limit_train": args.limit_train,
                        "limit_val": args.limit_val},
               "teacher": {"arch": "deit_tiny_patch16_224", "weights": args.weights, **dense.to_dict(),
@@ -212,11 +212,11 @@ def main(argv=None) -> int:
         if name == "slim":
             if source != "standin":
                 built = method_student("slim", {"macs_ratio": 0.6, "importance": "magnitude",
-                                                "recovery": "none"}, teacher, ctx)
+                                                "recovery": {"loss": "none"}}, teacher, ctx)
             built = built or (None if source == "methods" else slim_standin(teacher, 0.6))
         elif name == "lowrank":
             if source != "standin":
-                built = method_student("lowrank", {"params_ratio": 0.5, "finetune_epochs": 0.0,
+                built = method_student("lowrank", {"params_ratio": 0.5, "recovery": {"epochs": 0.0},
                                                    "calib_images": 128, "comp_solver": "closed"}, teacher, ctx)
             built = built or (None if source == "methods" else lowrank_standin(teacher, 0.5))
         else:
@@ -244,9 +244,8 @@ def main(argv=None) -> int:
             fe = rep["final_eval"]
             log(f"[{name}/{arm}] {rep['steps']} steps {rep['seconds']:.0f} s: top-1 {fe['top1']:.2f} "
                 f"agreement {fe['agreement']:.2f}")
-            write_json(out.with_suffix(".json"), result)      # keep partial results
-    write_json(out.with_suffix(".json"), result)
-    write_text(out.with_suffix(".md"), to_markdown(result))
+            write_json(out.with_suffix(".json"), scrub(result))      # keep partial results
+    write_result(out.with_suffix(""), result, to_markdown(result).splitlines())
     print(to_markdown(result))
     return 0
 

@@ -37,10 +37,11 @@ import torch  # noqa: E402
 
 from optimizer.compress import CompressContext, CompressedModel, load_compressed, save_compressed  # noqa: E402
 from optimizer.counting import count_macs  # noqa: E402
-from optimizer.fileio import write_json, write_text  # noqa: E402
+from optimizer.fileio import write_json  # noqa: E402
 from optimizer.methods.lowrank import LowRankConfig  # noqa: E402
 from optimizer.methods.lowrank.apply import apply as lowrank_apply  # noqa: E402
 from optimizer.models.loading import load_model  # noqa: E402
+from _harness import deploy_to_file, write_result  # noqa: E402
 
 ARCH = "deit_tiny_patch16_224"
 STAGES = ("table", "compress", "finetune", "eval", "latency", "ab", "engine", "report")
@@ -179,10 +180,9 @@ def stage_eval(args, work, state):
 
 
 def _onnx_of(model, path):
-    from optimizer.export import onnx_from_torch
-    from optimizer.methods.lowrank import merge_for_export
+    """What ``vitopt export`` ships (the deployment chain merges the low-rank pairs itself)."""
     if not path.is_file():
-        onnx_from_torch(merge_for_export(model), path)
+        deploy_to_file(model, path)
     return path
 
 
@@ -431,11 +431,9 @@ def stage_report(args, work, state):
                 lines.append(f"| {n} | {_f(mb(e['engine_bytes']))} | {_f(mb(e.get('activation_bytes')))} | "
                              f"{_f(mb(e.get('weights_bytes')))} | {_builder(e.get('builder'))} |")
     lines += ["", *OBSERVATIONS]
-    lines += ["", "Regenerate: `flock /tmp/vitopt-heavy.lock python benchmarks/lowrank.py --weights ... --train ... "
-              "--val ...` (see the script's docstring)."]
     out = ROOT / "benchmarks" / "results"
-    write_json(out / "lowrank_deit_tiny.json", {k: v for k, v in state.items()})
-    write_text(out / "lowrank_deit_tiny.md", "\n".join(lines) + "\n")
+    # the command that regenerates it is this run's (flock'ed, with --work/--stages as given)
+    write_result(out / "lowrank_deit_tiny", {k: v for k, v in state.items()}, lines)
 
 
 def main(argv=None) -> int:

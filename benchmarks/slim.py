@@ -30,13 +30,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from optimizer.compress import CompressContext, CompressedModel, load_compressed, save_compressed  # noqa: E402
+from optimizer.compress.config import RecoveryConfig  # noqa: E402
 from optimizer.counting import count_macs  # noqa: E402
-from optimizer.fileio import write_json, write_text  # noqa: E402
+from optimizer.fileio import write_json  # noqa: E402
+from _harness import deploy_to_file, write_result  # noqa: E402
 from optimizer.methods.slim import SlimConfig, slim_from_importance  # noqa: E402
 from optimizer.methods.slim.baseline import magnitude_importance, taylor_importance  # noqa: E402
-from optimizer.methods.slim.budget import Geometry  # noqa: E402
 from optimizer.methods.slim.recovery import recover_model  # noqa: E402
-from optimizer.methods.slim.search import SearchResult, search_masks  # noqa: E402
+from optimizer.methods.slim.search import search_masks  # noqa: E402
 from optimizer.models.loading import load_model  # noqa: E402
 
 ARCH = "deit_tiny_patch16_224"
@@ -84,7 +85,14 @@ def save_state(work: Path, state: dict) -> None:
 
 def search_cfg(args, **kw) -> SlimConfig:
     return SlimConfig(macs_ratio=0.75, epochs=args.search_epochs, batch_size=args.batch_size,
-                      recovery_epochs=args.recovery_epochs, **kw)
+                      recovery=recovery_cfg(args), **kw)
+
+
+def recovery_cfg(args) -> RecoveryConfig:
+    # "auto" (the flag's old default) was the manifold + logit loss
+    return RecoveryConfig(loss="manifold" if args.recovery == "auto" else args.recovery, epochs=args.recovery_epochs,
+                          lr=args.recovery_lr, batch_size=args.batch_size, augment=not args.no_recovery_augment,
+                          holdout=args.recovery_holdout)
 
 
 # ---------------------------------------------------------------- stages
@@ -190,10 +198,7 @@ def stage_compress(args, work: Path, state: dict) -> None:
             continue
         model, res = importance_model(kind, work, args)
         cfg = SlimConfig(macs_ratio=budget, ranking=chosen_ranking(args, state), importance=kind,
-                         recovery=args.recovery,
-                         recovery_epochs=args.recovery_epochs, recovery_lr=args.recovery_lr,
-                         recovery_batch_size=args.batch_size, recovery_augment=not args.no_recovery_augment,
-                         recovery_holdout=args.recovery_holdout, epochs=args.search_epochs, batch_size=args.batch_size)
+                         recovery=recovery_cfg(args), epochs=args.search_epochs, batch_size=args.batch_size)
         with Clock() as c_slice:
             model, structure, rep = slim_from_importance(model, res, cfg)
         with Clock() as c_rec:
@@ -228,16 +233,16 @@ def done(args, state) -> list:
 
 def stage_latency(args, work: Path, state: dict) -> None:
     from optimizer.bench import interleaved_latency
-    from optimizer.export import onnx_from_torch
     from optimizer.runners import OrtRunner
     onnx_dir = work / "onnx"
     paths = {"dense": onnx_dir / "dense.onnx"}
+    # what `vitopt export` ships: the deployment chain (rules, parity gate)
     if not paths["dense"].is_file():
-        onnx_from_torch(dense_model(args), paths["dense"])
+        deploy_to_file(dense_model(args), paths["dense"])
     for name in done(args, state):
         paths[name] = onnx_dir / f"{name}.onnx"
         if not paths[name].is_file():
-            onnx_from_torch(load_compressed(work / "models" / name).model, paths[name])
+            deploy_to_file(load_compressed(work / "models" / name).model, paths[name])
     runners = {n: OrtRunner(p, threads=args.threads, name=n) for n, p in paths.items()}
     state["latency"] = interleaved_latency(runners, args.batches, rounds=args.rounds,
                                            iters_per_round=args.iters_per_round, warmup=3)
@@ -305,9 +310,11 @@ def _kept(rec) -> str:
 
 
 def stage_report(args, work: Path, state: dict) -> None:
-    from optimizer.bench.environment import environment
-    state["environment"] = environment()
-    cmd = " ".join(sys.argv)
+    from _harness import provenance
+    prov = provenance()
+    state["environment"] = prov["environment"]
+    cmd = prov["command"]
+    # the stages may run as several commands (--stages); each one is kept
     cmds = state.setdefault("commands", [state.pop("command")] if "command" in state else [])
     if cmd not in cmds:
         cmds.append(cmd)
@@ -388,8 +395,7 @@ def stage_report(args, work: Path, state: dict) -> None:
               "(the machine is shared: compute minutes include whatever else ran).",
               "Commands: " + "; ".join(f"`{c}`" for c in state["commands"]), ""]
     out = Path(args.out)
-    write_json(out / "slim_deit_tiny.json", state)
-    write_text(out / "slim_deit_tiny.md", "\n".join(lines))
+    write_result(out / "slim_deit_tiny", state, lines)
     print("\n".join(lines))
 
 

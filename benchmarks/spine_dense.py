@@ -1,13 +1,15 @@
 """Dense baselines for issue 2: export parity, FP32/FP16 engines and ONNX Runtime / PyTorch latency.
 
-For each model: export (dynamo, opset 18) + clean-up, parity on real val images, FP16 ONNX,
-TensorRT engines (FP32 and FP16, one profile over 1/8/32) with their sidecar memory figures,
-then latency at batch 1/8/32 (ONNX Runtime FP32 with spinning off, PyTorch eager).
+For each model: the product's deployment chain (``optimizer.deploy``: dynamo export, opset 18,
+graph rules, FP32 and FP16, each parity-gated on real val images) — the files ``vitopt export``
+ships —, TensorRT engines (FP32 and FP16, one profile over 1/8/32) with their sidecar memory
+figures, then latency at batch 1/8/32 (ONNX Runtime FP32 with spinning off, PyTorch eager).
 
     python benchmarks/spine_dense.py [--models deit_tiny_patch16_224,deit_small_patch16_224]
 
-Writes benchmarks/results/spine_dense.{json,md}. Weights: ../shared/weights (DeiT-Tiny only; other
-models use random weights, which changes no latency or memory figure).
+Writes benchmarks/results/spine_dense.{json,md} (with the command, commit and environment:
+benchmarks/_harness.py). Weights: ../shared/weights (DeiT-Tiny only; other models use random
+weights, which changes no latency or memory figure).
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
+from _harness import SHARED, scrub, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -32,16 +34,10 @@ def main() -> int:
                     help="only export, parity and engines (latency: see bench_deit_tiny_cpu.md, taken uncontended)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "spine_dense"))
     args = ap.parse_args()
-    import onnx
-    import torch
     from optimizer.bench import benchmark, environment, rows_to_dict, to_markdown
     from optimizer.counting import count_macs
-    from optimizer.data import build_loader
+    from optimizer.deploy import DeployOptions, deploy_models, parity_inputs, write_onnx
     from optimizer.engine import available_builder, engine_from_onnx, save_engine
-    from optimizer.export import check_parity, onnx_from_torch
-    from optimizer.export.torch_to_onnx import save_onnx
-    from optimizer.fileio import write_json, write_text
-    from optimizer.graph import cleanup_graph, convert_to_fp16
     from optimizer.models.loading import load_model
     from optimizer.runners import OrtRunner, TorchRunner
 
@@ -54,24 +50,19 @@ def main() -> int:
         model = loaded.model
         counts = count_macs(model)
         rec = {"model": name, "weights": loaded.weights, "params": counts.params, "gmacs": round(counts.gmacs, 4)}
-        p32 = tmp / f"{name}.onnx"
-        info = onnx_from_torch(model, p32, opset=18)
-        proto, rep = cleanup_graph(onnx.load(str(p32)))
-        save_onnx(proto, p32)
-        rec["export"] = {"exporter": info.exporter, "seconds": info.seconds, "nodes_before": rep.nodes_before,
-                         "nodes_after": rep.nodes_after, "bytes": p32.stat().st_size}
+        p32, p16 = tmp / f"{name}.onnx", tmp / f"{name}.fp16.onnx"
         val = SHARED / "data" / "imagenet-mini" / "val"
-        if val.is_dir():
-            x = next(iter(build_loader(val, model, batch_size=32, workers=0, limit=32))).images
-            what = "32 real val images"
-        else:
-            x, what = torch.randn(8, 3, 224, 224), "8 random inputs"
-        par = check_parity(model, p32, x, atol=1e-4, raise_on_fail=False)
-        rec["parity_fp32"] = {**par.to_dict(), "inputs": what}
-        p16 = tmp / f"{name}.fp16.onnx"
-        save_onnx(convert_to_fp16(onnx.load(str(p32))), p16)
-        par16 = check_parity(model, p16, x, atol=1.0, raise_on_fail=False)
-        rec["parity_fp16_onnx"] = {**par16.to_dict(), "inputs": what}
+        x = parity_inputs(model, str(val) if val.is_dir() else None, 32)
+        # parity gates: fp32 within 1e-4 of PyTorch, fp16 by its cosine (the chain raises past them)
+        deployed = deploy_models(model, DeployOptions(opset=18), x, ("fp32", "fp16"), description=loaded.describe())
+        write_onnx(deployed["fp32"], p32)
+        write_onnx(deployed["fp16"], p16)
+        rep = deployed["fp16"].report
+        rec["export"] = {"exporter": rep["export"]["exporter"], "seconds": rep["export"]["seconds"],
+                         "nodes_before": rep["cleanup"]["nodes_before"], "nodes_after": rep["cleanup"]["nodes_after"],
+                         "bytes": p32.stat().st_size}
+        rec["parity_fp32"] = {**rep["parity_cleaned"], "inputs": x.source}
+        rec["parity_fp16_onnx"] = {**rep["parity_fp16"], "inputs": x.source}
         rec["engines"] = {}
         if available_builder():
             for prec, src in (("fp32", p32), ("fp16", p16)):
@@ -96,7 +87,8 @@ def main() -> int:
         results.append(rec)
         print(json.dumps({k: rec[k] for k in ("model", "params", "gmacs", "parity_fp32", "engines")}, indent=1), flush=True)
     md = ["# Dense baselines (issue 2)", "",
-          f"Machine: {environment().get('cpu', '?')}, 2 cores, no GPU. Command: `python benchmarks/spine_dense.py --no-latency`. "
+          f"Machine: {environment().get('cpu', '?')}, {environment().get('physical_cores', '?')} cores, "
+          f"GPU: {environment().get('gpu') or 'none'}. ONNX from the deployment chain (what `vitopt export` ships). "
           "MACs = multiply-accumulates per 224 px image.", "",
           "| model | weights | params M | GMACs | FP32 parity max abs diff | FP16 ONNX cosine | engine | size MB | weights MB | activations MB | build s |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -110,9 +102,8 @@ def main() -> int:
     md += ["", "Engine memory comes from the TensorRT-for-RTX builder log (no GPU here); engines cannot run without one.",
            "", "## Latency (median of timed iterations; ONNX Runtime FP32, intra-op threads = physical cores, spinning off)", "",
            to_markdown(rows_all) if rows_all else "not measured in this run (--no-latency): see bench_deit_tiny_cpu.md"]
-    write_json(args.out + ".json", {"environment": environment(), "results": results})
-    write_text(args.out + ".md", "\n".join(md) + "\n")
-    print("\n".join(md))
+    write_result(args.out, {"results": results}, md)
+    print("\n".join(scrub(md)))
     return 0
 
 

@@ -90,3 +90,31 @@ def test_config_strictness():
 def test_not_a_compressed_dir(tmp_path):
     with pytest.raises(VitoptError, match="not a compressed model directory"):
         load_compressed(tmp_path)
+
+
+def test_recovery_is_one_block_in_every_method():
+    """slim, lowrank and gates spell their fine-tune the same way: a nested RecoveryConfig whose keys
+    given in a recipe or with --set replace only those keys of the method's default."""
+    from optimizer.compress.runner import build_config, parse_set_options
+    for method, default_lr in (("slim", 1e-4), ("lowrank", None), ("gates", 1e-5)):
+        budget = {"params": 0.5} if method == "lowrank" else {"macs": 0.6}
+        cfg = build_config(method, {**budget, **parse_set_options(["recovery.epochs=2"])})
+        assert cfg.recovery.epochs == 2.0 and cfg.recovery.lr == default_lr and cfg.recovery.enabled
+        assert type(cfg).from_dict(cfg.to_dict()) == cfg
+    assert build_config("slim", {"macs": 0.6, "recovery": {"loss": "none"}}).recovery.enabled is False
+    with pytest.raises(VitoptError, match="unknown recovery option\\(s\\): epoch"):
+        build_config("slim", {"macs": 0.6, "recovery": {"epoch": 1}})
+    with pytest.raises(VitoptError, match="loss must be one of none, logit, manifold, got 'auto'"):
+        build_config("lowrank", {"params": 0.5, "recovery": {"loss": "auto"}})
+    with pytest.raises(VitoptError, match="unknown gates option\\(s\\): finetune_steps"):
+        build_config("gates", {"macs": 0.6, "finetune_steps": 4})
+
+
+def test_recovery_shorthand_sets_the_loss_alone():
+    """``recovery: none`` in a recipe / ``--set recovery=none`` keep working: a plain value is the loss."""
+    from optimizer.compress.runner import build_config, parse_set_options
+    cfg = build_config("slim", {"macs": 0.6, **parse_set_options(["recovery=logit"])})
+    assert (cfg.recovery.loss, cfg.recovery.epochs, cfg.recovery.holdout) == ("logit", 1.0, 0.1)
+    assert build_config("slim", {"macs": 0.6, "recovery": "none"}).recovery.enabled is False
+    with pytest.raises(VitoptError, match="set both as a value and as a block"):
+        parse_set_options(["recovery=none", "recovery.epochs=1"])

@@ -22,7 +22,14 @@ def test_expansion_and_steps(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("text,msg", [
     ("model: m\nsteps: [eval]\nbogus: 1\n", "unknown key\\(s\\) bogus"),
-    ("model: m\nsteps: [{export: {opsett: 18}}]\n", "step 1 \\(export\\): unknown option\\(s\\) opsett"),
+    ("model: m\nsteps: [{export: {opsett: 18}}]\n", "step 1 \\(export\\): unknown export option\\(s\\): opsett"),
+    # eval used to accept `reference` and never read it
+    ("model: m\nsteps: [{eval: {reference: x}}]\n", "step 1 \\(eval\\): unknown eval option\\(s\\): reference"),
+    # the last step's mistake is found before the first step could run
+    ("model: m\nsteps: [eval, {bench: {backends: [onnxruntime, tvm]}}]\n",
+     "step 2 \\(bench\\): invalid bench options: backends must be among onnxruntime, torch, tensorrt"),
+    ("model: m\nsteps: [{build: {batch: 0}}]\n", "step 1 \\(build\\): invalid build options: batch must be positive"),
+    ("model: m\nsteps: [{export: {precision: [fp32, int3]}}]\n", "step 1 \\(export\\): invalid export options: precision"),
     ("model: m\nsteps: [frobnicate]\n", "unknown step 'frobnicate'"),
     ("steps: [eval]\n", "'model' is required"),
     ("model: m\nsteps: []\n", "'steps' must be a non-empty list"),
@@ -32,6 +39,24 @@ def test_expansion_and_steps(tmp_path, monkeypatch):
 def test_recipe_errors(tmp_path, text, msg):
     with pytest.raises(VitoptError, match=msg):
         load_recipe(write(tmp_path, text))
+
+
+def test_step_options_are_typed(tmp_path):
+    r = load_recipe(write(tmp_path, "model: m\nsteps:\n  - eval: {limit: 8}\n  - export: {opset: 17, gates_k: fixed}\n"
+                                    "  - build: {batch: 4, precision: fp16}\n  - bench: {backends: torch}\n"))
+    ev, ex, bu, be = (s.config for s in r.steps)
+    assert (ev.batch_size, ev.limit) == (64, 8)
+    assert ex.precisions == ("fp32", "fp16") and ex.deploy.opset == 17 and ex.deploy.method_options == {"gates_k": "fixed"}
+    assert (bu.batch, bu.precision, be.backends) == ((4,), ("fp16",), ("torch",))
+
+
+def test_method_step_options_are_checked_before_the_first_step_runs(tmp_path):
+    """A bad option of a compression step fails the run before the model is even loaded."""
+    from optimizer.pipeline.run import run_recipe
+    r = load_recipe(write(tmp_path, "model: no_such_model_at_all\nsteps:\n  - eval\n  - slim: {macs: 0.7, bogus: 1}\n"))
+    with pytest.raises(VitoptError, match="step 2 \\(slim\\): unknown slim option\\(s\\): bogus"):
+        run_recipe(r, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_recipe(tmp_path):

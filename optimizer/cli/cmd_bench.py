@@ -129,30 +129,16 @@ def _validate(args):
 
 
 def _export_onnx(model, path: Path, what: str) -> str:
-    """Temporary ONNX for the onnxruntime backend: optimizer.export if present, else the legacy exporter."""
-    try:
-        from ..export import onnx_from_torch
-    except ImportError:
-        onnx_from_torch = None
-    if onnx_from_torch is not None:
-        print(f"onnxruntime: exporting {what} to a temporary ONNX file with optimizer.export.onnx_from_torch",
+    """Temporary ONNX for the onnxruntime/tensorrt backends: what ``vitopt export`` ships with its
+    default options (the deployment chain, parity-gated on seeded random inputs)."""
+    from ..deploy import deploy_model, write_onnx
+    print(f"onnxruntime: exporting {what} to a temporary ONNX file with optimizer.deploy (vitopt export's "
+          "defaults)", file=sys.stderr)
+    result = deploy_model(model, description=what)
+    if result.report["export"]["fallback_reason"]:
+        print(f"onnxruntime: export fell back to the TorchScript exporter: {result.report['export']['fallback_reason']}",
               file=sys.stderr)
-        info = onnx_from_torch(model, path)
-        if getattr(info, "fallback_reason", None):
-            print(f"onnxruntime: export fell back to the TorchScript exporter: {info.fallback_reason}",
-                  file=sys.stderr)
-        return str(path)
-    import warnings
-    import torch
-    print(f"onnxruntime: exporting {what} to a temporary ONNX file with the legacy torch.onnx exporter",
-          file=sys.stderr)
-    pe = model.patch_embed
-    size = pe.img_size if isinstance(pe.img_size, (tuple, list)) else (pe.img_size, pe.img_size)
-    x = torch.randn(2, pe.proj.in_channels, *size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, x, str(path), dynamo=False, opset_version=18, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    write_onnx(result, path)
     return str(path)
 
 
@@ -173,11 +159,7 @@ def _trt_runner(kind, target, onnx_path, fp16, tmp: Path, batches):
         if fp16:
             print("tensorrt: --fp16 ignored, a prebuilt engine keeps the precision it was built with", file=sys.stderr)
         return TrtRunner(target)
-    try:
-        from ..engine import engine_from_onnx, save_engine
-    except ImportError:
-        raise VitoptError("building a TensorRT engine needs optimizer.engine, which is not in this build; "
-                          "give a prebuilt .engine file") from None
+    from ..engine import engine_from_onnx, save_engine
     print(f"tensorrt: building a temporary engine from {Path(onnx_path).name} "
           f"({'fp16' if fp16 else 'fp32'}, batch {min(batches)}..{max(batches)})", file=sys.stderr)
     engine_path = tmp / "model.engine"
@@ -239,7 +221,7 @@ def run(args) -> int:
                 skipped.append({"backend": "tensorrt", "reason": "no NVIDIA GPU"})
                 continue
             if backend in ("onnxruntime", "tensorrt") and onnx_path is None and kind == "model":
-                onnx_path = _export_onnx(loaded.model, tmp / "model.onnx", loaded.arch)
+                onnx_path = _export_onnx(loaded.model, tmp / "model.onnx", loaded.describe())
                 notes.append("onnxruntime/tensorrt ran a temporary ONNX export of the model")
             if backend == "torch":
                 runner = TorchRunner(loaded.model, device=args.device, dtype="fp16" if args.fp16 else None,

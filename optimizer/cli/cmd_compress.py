@@ -4,20 +4,21 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import add_json_arg, add_model_args, load_model_from_args, positive_int, write_json_result
+from .common import add_json_arg, add_model_args, load_model_from_args, write_json_result
 
 
 def register(sub) -> None:
     from ..compress.registry import method_names
-    p = sub.add_parser("compress", help="compress a model with one method (slim, lowrank, gates)")
+    p = sub.add_parser("compress", help=f"compress a model with one method ({', '.join(method_names())})")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
     add_model_args(p)
     p.add_argument("--calib", help="calibration / training image folder (labels optional)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--macs", help="target MACs ratio vs the input model, in (0, 1]")
     budget.add_argument("--params", help="target parameter ratio vs the input model, in (0, 1]")
-    budget.add_argument("--latency", help="lowrank: target predicted latency ratio vs the input model, in (0, 1], "
-                        "from a per-shape ONNX Runtime table (--set latency_table=ort|FILE)")
+    budget.add_argument("--latency", help="target predicted latency ratio vs the input model, in (0, 1], for a "
+                        "method with a latency budget (its config's latency_ratio), e.g. from a per-shape ONNX "
+                        "Runtime table (--set latency_table=ort|FILE)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field of the method (repeatable), e.g. --set epochs=2")
     p.add_argument("--teacher", help="dense teacher (timm name) for distillation; default: the input model")

@@ -66,7 +66,8 @@ def _config(args):
 def run(args) -> int:
     import torch
     from ..compress.registry import CompressContext
-    from ..distill import _dist, recover
+    from ..distill import recover
+    from ..distill.distributed import init_from_env, rank_world
     from ..errors import VitoptError
     from ..models.loading import load_model
     cfg = _config(args)
@@ -91,8 +92,8 @@ def run(args) -> int:
     teacher = load_model(args.teacher, args.checkpoint)
     if teacher.is_random:
         raise VitoptError(f"teacher {args.teacher} has random weights: give --checkpoint")
-    distributed = _dist.init_from_env(device)
-    rank, world = _dist.rank_world()
+    distributed = init_from_env(device)
+    rank, world = rank_world()
     main = rank == 0
     if main:
         print(f"student: {student.describe()}\nteacher: {teacher.describe()}", file=sys.stderr)

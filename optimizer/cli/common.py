@@ -1,7 +1,6 @@
 """Arguments and helpers shared by subcommands."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -60,23 +59,3 @@ def load_model_from_args(args):
     loaded = load_model(args.model, args.checkpoint)
     print(f"model: {loaded.describe()}", file=sys.stderr)
     return loaded
-
-
-def environment() -> dict:
-    """Versions and hardware every result row records."""
-    import platform
-    import torch
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import timm
-        env["timm"] = timm.__version__
-    except ImportError:
-        pass
-    return env
-
-
-def dumps(obj) -> str:
-    from ..fileio import _json_default
-    return json.dumps(obj, indent=2, default=_json_default)

@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"optimizer.cli.cmd_{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"optimizer.cli.cmd_{name}":
-                continue  # command not in this build
-            raise
-        mod.register(sub)
+        importlib.import_module(f"optimizer.cli.cmd_{name}").register(sub)
     return p
 
 

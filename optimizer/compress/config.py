@@ -3,21 +3,72 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Optional
 
 from ..errors import VitoptError
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodConfig:
+class TypedOptions:
+    """Base of frozen option dataclasses read from recipes / the CLI: strict ``from_dict`` (unknown keys
+    rejected, values coerced to the field types, ``__post_init__`` errors as one VitoptError line)."""
+
+    what: ClassVar[str] = "options"     # how messages name these options ("export", "slim", ...)
+    noun: ClassVar[str] = "options"
+    # as a nested block, a plain value stands for this one field (``recovery: none`` = ``{loss: none}``)
+    shorthand: ClassVar[Optional[str]] = None
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def _label(cls) -> str:
+        return cls.what
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        label = cls._label()
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise VitoptError(f"unknown {label} option(s): {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(names))})")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for k, v in d.items():
+            hint = hints.get(k)
+            nested = isinstance(hint, type) and issubclass(hint, TypedOptions)
+            if nested and hint.shorthand and isinstance(v, str):
+                v = {hint.shorthand: v}
+            if nested and isinstance(v, dict):
+                # a nested options block: the keys given replace those of the field's default
+                default = fields[k].default_factory() if fields[k].default_factory is not dataclasses.MISSING \
+                    else fields[k].default
+                base = default.to_dict() if isinstance(default, TypedOptions) else {}
+                kwargs[k] = hint.from_dict({**base, **v})
+            else:
+                kwargs[k] = coerce(v, hint, f"{label}.{k}")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise VitoptError(f"invalid {label} {cls.noun}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig(TypedOptions):
     """Base of every method config. Subclasses are frozen dataclasses that validate in ``__post_init__``."""
 
     method: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    noun: ClassVar[str] = "config"
 
     def to_dict(self) -> dict:
-        d = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return {"method": self.method, "version": self.version, **d}
+        return {"method": self.method, "version": self.version, **super().to_dict()}
+
+    @classmethod
+    def _label(cls) -> str:
+        return cls.method
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodConfig":
@@ -26,23 +77,76 @@ class MethodConfig:
         version = d.pop("version", cls.version)
         if version != cls.version:
             raise VitoptError(f"{cls.method} config version {version} is not supported (this vitopt reads {cls.version})")
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise VitoptError(f"unknown {cls.method} option(s): {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(names))})")
-        hints = typing.get_type_hints(cls)
-        kwargs = {k: coerce(v, hints.get(k), f"{cls.method}.{k}") for k, v in d.items()}
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise VitoptError(f"invalid {cls.method} config: {e}") from None
+        return super().from_dict(d)
 
     def replace(self, **kw) -> "MethodConfig":
         return self.from_dict({**self.to_dict(), **kw})
 
 
+RECOVERY_LOSSES = ("none", "logit", "manifold")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryConfig(TypedOptions):
+    """The fine-tune from the dense teacher after a method's transform, spelled the same in every
+    method (``slim``/``lowrank``/``gates`` configs' ``recovery`` field; recipes ``recovery: {epochs: 1}``,
+    CLI ``--set recovery.epochs=1``; ``recovery: none`` / ``--set recovery=none`` set the loss alone).
+    It runs ``optimizer.distill.recover``.
+
+    loss        "none" (no fine-tune), "logit" (logit KD, beta 0) or "manifold" (manifold + logit KD)
+    epochs      passes over the calibration images (0 and no steps: no fine-tune)
+    steps       optimizer steps instead (wins over epochs when given)
+    lr          learning rate (None: the distillation trainer's default)
+    batch_size  training batch (None: the method's batch size, else the trainer's default)
+    augment     timm training augmentation (None: the method's choice, else the trainer's default)
+    holdout     share of the calibration images kept out of training; the weights with the lowest KL
+                to the teacher on them are returned (the unrecovered model included)
+    """
+
+    what: ClassVar[str] = "recovery"
+    shorthand: ClassVar[Optional[str]] = "loss"
+
+    loss: str = "manifold"
+    epochs: float = 0.0
+    steps: Optional[int] = None
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    augment: Optional[bool] = None
+    holdout: float = 0.0
+
+    def __post_init__(self):
+        if self.loss not in RECOVERY_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(RECOVERY_LOSSES)}, got {self.loss!r}")
+        check_positive("epochs", self.epochs, allow_zero=True)
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0):
+            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
+        if self.lr is not None:
+            check_positive("lr", self.lr)
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.holdout, (int, float)) or not 0.0 <= self.holdout <= 0.5:
+            raise ValueError(f"holdout must be a fraction in [0, 0.5], got {self.holdout!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.loss != "none" and ((self.steps if self.steps is not None else self.epochs) or 0) > 0
+
+    def distill_config(self, batch_size: Optional[int] = None, augment: Optional[bool] = None, **fixed):
+        """The ``DistillConfig`` of this fine-tune; ``batch_size``/``augment`` are the method's
+        fallbacks for fields left None, ``fixed`` sets trainer fields the method decides (tau, limit...)."""
+        from ..distill import DistillConfig
+        kw = {"beta": 0.0 if self.loss == "logit" else 1.0, "holdout": self.holdout, "eval_at_start": False}
+        kw.update({"steps": self.steps} if self.steps else {"epochs": self.epochs})
+        for name, value, fallback in (("lr", self.lr, None), ("batch_size", self.batch_size, batch_size),
+                                      ("augment", self.augment, augment)):
+            if (value if value is not None else fallback) is not None:
+                kw[name] = value if value is not None else fallback
+        return DistillConfig(**{**kw, **fixed})
+
+
 def _plain(v: Any) -> Any:
+    if isinstance(v, TypedOptions):
+        return v.to_dict()
     if isinstance(v, tuple):
         return [_plain(x) for x in v]
     return v

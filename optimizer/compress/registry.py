@@ -6,16 +6,48 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
 
 from ..errors import VitoptError
 
+
+@dataclass(frozen=True)
+class ExportOption:
+    """An export choice a method adds to ``vitopt export`` / recipe ``export`` steps (``--NAME`` / ``NAME:``).
+
+    None (the option not given) leaves the choice to the method's export form.
+    """
+    choices: tuple
+    help: str
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """What the registry knows before a method's module is imported (loading a recipe or building the
+    CLI parser must not import torch): the module that registers it and the export options it declares."""
+    module: str
+    export_options: Mapping[str, ExportOption] = field(default_factory=dict)
+
+
+METHODS = MappingProxyType({
+    "slim": MethodEntry("optimizer.methods.slim"),
+    "lowrank": MethodEntry("optimizer.methods.lowrank"),
+    "gates": MethodEntry("optimizer.methods.gates", {"gates_k": ExportOption(
+        ("data", "fixed"),
+        "models with a gates step: 'data' (default: K = count of gate scores over the threshold, "
+        "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")}),
+})
 # name -> module that registers it on import
-METHOD_MODULES = {
-    "slim": "optimizer.methods.slim",
-    "lowrank": "optimizer.methods.lowrank",
-    "gates": "optimizer.methods.gates",
-}
+METHOD_MODULES = {name: entry.module for name, entry in METHODS.items()}
+
+
+def export_options() -> dict:
+    """``{option name: ExportOption}`` over every method (names are unique across methods)."""
+    out: dict = {}
+    for entry in METHODS.values():
+        out.update(entry.export_options)
+    return out
 
 _REGISTRY: dict = {}
 
@@ -65,10 +97,14 @@ class Method:
     apply: Callable      # (model, config, ctx) -> StepResult
     rebuild: Callable    # (model, structure) -> model with the compressed architecture (weights arbitrary)
     description: str = ""
+    # the form the model exports in: a context manager (model, export options) -> (model to export,
+    # vitopt.* metadata); None: the model exports as it is (see optimizer.deploy.export_form)
+    export_form: Optional[Callable] = None
 
 
-def register_method(name: str, config_cls: type, apply: Callable, rebuild: Callable, description: str = "") -> Method:
-    m = Method(name, config_cls, apply, rebuild, description)
+def register_method(name: str, config_cls: type, apply: Callable, rebuild: Callable, description: str = "",
+                    export_form: Optional[Callable] = None) -> Method:
+    m = Method(name, config_cls, apply, rebuild, description, export_form)
     config_cls.method = name
     _REGISTRY[name] = m
     return m
@@ -79,16 +115,16 @@ def get_method(name: str) -> Method:
         mod = METHOD_MODULES.get(name)
         if mod is None:
             raise VitoptError(f"unknown compression method '{name}' (known: {', '.join(sorted(METHOD_MODULES))})")
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith(mod):
-                raise VitoptError(f"compression method '{name}' is not available in this build") from None
-            raise
-    if name not in _REGISTRY:
-        raise VitoptError(f"compression method '{name}' is not available in this build")
+        importlib.import_module(mod)
+    if name not in _REGISTRY:   # a module listed here must register its method on import
+        raise VitoptError(f"module {METHOD_MODULES[name]} did not register the compression method '{name}'")
     return _REGISTRY[name]
 
 
 def method_names() -> list:
     return sorted(METHOD_MODULES)
+
+
+def registered_methods() -> list:
+    """Every method, its module imported (heavy: for code that runs models, not for parsers)."""
+    return [get_method(name) for name in method_names()]

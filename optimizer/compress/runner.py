@@ -31,12 +31,22 @@ def build_config(method: str, options: dict):
 
 
 def parse_set_options(items: Sequence[str]) -> dict:
-    out = {}
+    """``["epochs=2", "recovery.lr=1e-4"]`` -> ``{"epochs": "2", "recovery": {"lr": "1e-4"}}`` (a dotted key
+    sets a field of a nested options block, e.g. the ``recovery`` config)."""
+    out: dict = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise VitoptError(f"--set expects key=value, got {item!r}")
-        out[key.strip().replace("-", "_")] = value.strip()
+        *outer, last = key.strip().replace("-", "_").split(".")
+        d = out
+        for part in outer:
+            d = d.setdefault(part, {})
+            if not isinstance(d, dict):
+                raise VitoptError(f"--set {key.strip()}: {part} is set both as a value and as a block")
+        if isinstance(d.get(last), dict):
+            raise VitoptError(f"--set {key.strip()}: {last} is set both as a value and as a block")
+        d[last] = value.strip()
     return out
 
 

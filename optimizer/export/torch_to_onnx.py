@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,7 +36,7 @@ BATCH_DIM = "batch"
 @dataclass(frozen=True)
 class ExportInfo:
     """What was exported and how (also recorded in the file's metadata_props)."""
-    path: str
+    path: Optional[str]           # None for an in-memory export (proto_from_torch)
     opset: int
     exporter: str                 # "dynamo" or "torchscript"
     input_name: str
@@ -140,11 +140,35 @@ def onnx_from_torch(model, path: str | os.PathLike, *, opset: int = 18, dynamo: 
                     input_name: str = "input", output_name: str = "logits", example_batch: int = 2,
                     example_shape: Optional[Sequence[int]] = None, description: Optional[str] = None,
                     fallback: bool = True) -> ExportInfo:
-    """Export ``model`` to ``path`` (one .onnx file, dynamic batch axis named ``batch``).
+    """Export ``model`` to ``path`` (one .onnx file, dynamic batch axis named ``batch``): the exporter's
+    graph as is. What the product ships goes through ``optimizer.deploy.deploy_model`` (rules,
+    precision, parity gate) instead; this is its first step written to a file.
 
     Args:
         model: an ``nn.Module`` taking one image tensor (timm ViT, ``PrunedBlock`` models, ...).
         path: output file; written atomically, never left half-written.
+        others: as ``proto_from_torch``.
+
+    Returns:
+        ExportInfo. Raises VitoptError when the export or the ONNX checker fails.
+
+    Example: ``onnx_from_torch(timm.create_model("deit_tiny_patch16_224"), "deit.onnx")``
+    """
+    proto, info = proto_from_torch(model, opset=opset, dynamo=dynamo, input_name=input_name,
+                                   output_name=output_name, example_batch=example_batch,
+                                   example_shape=example_shape, description=description, fallback=fallback)
+    size = save_onnx(proto, path)
+    return replace(info, path=str(path), size_bytes=size)
+
+
+def proto_from_torch(model, *, opset: int = 18, dynamo: bool = True, input_name: str = "input",
+                     output_name: str = "logits", example_batch: int = 2,
+                     example_shape: Optional[Sequence[int]] = None, description: Optional[str] = None,
+                     fallback: bool = True):
+    """Export ``model`` to an in-memory ``onnx.ModelProto`` (dynamic batch axis named ``batch``).
+
+    Args:
+        model: an ``nn.Module`` taking one image tensor (timm ViT, ``PrunedBlock`` models, ...).
         opset: ONNX opset (>= 17 keeps ``LayerNormalization`` as one op).
         dynamo: True uses the ``torch.export`` exporter, False the legacy TorchScript one.
         input_name, output_name: graph I/O names.
@@ -154,10 +178,12 @@ def onnx_from_torch(model, path: str | os.PathLike, *, opset: int = 18, dynamo: 
         fallback: if the dynamo exporter fails, use the legacy one (with a warning) instead of raising.
 
     Returns:
-        ExportInfo. Raises VitoptError when the export or the ONNX checker fails.
+        ``(proto, ExportInfo)`` (``info.path`` None, ``info.size_bytes`` the proto's size). The proto
+        passed ``onnx.checker``; raises VitoptError when the export or the checker fails.
 
-    Example: ``onnx_from_torch(timm.create_model("deit_tiny_patch16_224"), "deit.onnx")``
+    Example: ``proto, info = proto_from_torch(model, dynamo=False)``
     """
+    import onnx
     import torch
     from .. import __version__
     if not isinstance(opset, int) or not 13 <= opset <= 23:
@@ -167,7 +193,8 @@ def onnx_from_torch(model, path: str | os.PathLike, *, opset: int = 18, dynamo: 
     shape = (example_batch, *map(int, example_shape)) if example_shape else input_shape_of(model, example_batch)
     model = model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.randn(*shape, device=device)
+    # a fixed seed: the example values never reach the graph, but nothing in an export may vary by run
+    x = torch.randn(*shape, device=device, generator=torch.Generator(device=device).manual_seed(0))
     t0 = time.perf_counter()
     fallback_reason = None
     exporter = "dynamo" if dynamo else "torchscript"
@@ -201,9 +228,14 @@ def onnx_from_torch(model, path: str | os.PathLike, *, opset: int = 18, dynamo: 
         "vitopt.model": description,
     })
     proto.producer_name = proto.producer_name or "vitopt"
-    size = save_onnx(proto, path)
-    return ExportInfo(str(path), opset, exporter, input_name, output_name, tuple(shape), round(seconds, 3),
-                      size, fallback_reason)
+    size = proto.ByteSize()
+    if size < _TWO_GB:  # larger ones are refused by save_onnx with their size named
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as e:
+            raise VitoptError(f"exported ONNX model fails onnx.checker: {_first_line(e)}") from None
+    return proto, ExportInfo(None, opset, exporter, input_name, output_name, tuple(shape), round(seconds, 3),
+                             size, fallback_reason)
 
 
 def _check_io(proto, input_name: str, output_name: str) -> None:

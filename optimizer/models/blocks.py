@@ -9,7 +9,6 @@ ls2), so a state_dict moves between the two unchanged.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -86,24 +85,6 @@ class PrunedBlock(nn.Module):
         return x
 
 
-def attention_of(block: nn.Module) -> nn.Module:
-    return block.attn
-
-
-def block_widths(block: nn.Module) -> dict:
-    """Per-block structure as the counter and the recipes describe it."""
-    attn = block.attn
-    fc1 = getattr(block.mlp, "fc1", None)
-    hidden = getattr(fc1, "out_features", None)
-    return {
-        "num_heads": int(attn.num_heads),
-        "head_dim": int(attn.head_dim),
-        "scale": float(attn.scale),
-        "mlp_hidden": int(hidden) if hidden is not None else None,
-        "token_index": None if getattr(block, "token_index", None) is None else block.token_index.tolist(),
-    }
-
-
 def to_pruned_block(block: nn.Module) -> PrunedBlock:
     """Wrap a timm ``Block`` (sharing its submodules) as a ``PrunedBlock`` with identical output."""
     if isinstance(block, PrunedBlock):
@@ -132,7 +113,3 @@ def make_prunable(model: nn.Module) -> nn.Module:
     for i in range(len(blocks)):
         blocks[i] = to_pruned_block(blocks[i])
     return model
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

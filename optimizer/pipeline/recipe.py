@@ -7,7 +7,7 @@
     steps:
       - slim: {macs: 0.7}                   # any registered method, options = its config fields
       - eval: {batch_size: 64}
-      - export: {opset: 18}
+      - export: {opset: 18}                 # optimizer.deploy.DeployOptions keys (+ precision list)
       - build: {batch: [1, 8, 32], precision: [fp32, fp16]}
       - bench: {backends: [onnxruntime, torch, tensorrt], batch: [1, 8, 32]}
 """
@@ -22,15 +22,6 @@ from typing import Optional
 from ..errors import VitoptError
 
 TOP_KEYS = {"version", "model", "model_kwargs", "checkpoint", "data", "calib", "synsets", "device", "seed", "workers", "steps"}
-# = optimizer.methods.gates.export.GATES_K_MODES (a test keeps them equal); not imported from there
-# because that module pulls in torch and loading a recipe stays light
-GATES_K_MODES = ("data", "fixed")
-PIPELINE_STEPS = {
-    "eval": {"batch_size", "limit", "reference"},
-    "export": {"opset", "exporter", "cleanup", "parity_images", "atol", "gates_k"},
-    "build": {"batch", "precision", "builder", "optional"},
-    "bench": {"backends", "batch", "iters", "warmup", "threads", "spinning"},
-}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -54,7 +45,9 @@ def expand(value):
 @dataclass
 class Step:
     kind: str                 # a pipeline step name or a compression method name
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)   # as written in the recipe (recorded in the manifest)
+    config: object = None     # typed options of a pipeline step (step_options.STEP_OPTIONS); None for
+    #                           a compression step, whose method config is built before the run starts
 
 
 @dataclass
@@ -75,6 +68,7 @@ class Recipe:
 def load_recipe(path: str | os.PathLike) -> Recipe:
     import yaml
     from ..compress.registry import METHOD_MODULES
+    from .step_options import STEP_OPTIONS
     p = Path(path)
     if not p.is_file():
         raise VitoptError(f"recipe not found: {p}")
@@ -105,19 +99,17 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         opts = opts or {}
         if not isinstance(opts, dict):
             raise VitoptError(f"recipe {p}: options of step {i + 1} ({kind}) must be a mapping")
-        if kind in PIPELINE_STEPS:
-            bad = sorted(set(opts) - PIPELINE_STEPS[kind])
-            if bad:
-                raise VitoptError(f"recipe {p}: step {i + 1} ({kind}): unknown option(s) {', '.join(bad)} "
-                                  f"(known: {', '.join(sorted(PIPELINE_STEPS[kind]))})")
-            if kind == "export" and opts.get("gates_k", "data") not in GATES_K_MODES:
-                # checked here, not at the export step, so a long compress step never runs in vain
-                raise VitoptError(f"recipe {p}: step {i + 1} (export): gates_k must be {' or '.join(GATES_K_MODES)}, "
-                                  f"got {opts['gates_k']!r}")
+        config = None
+        if kind in STEP_OPTIONS:
+            # checked here, not when the step runs, so a long compress step never runs in vain
+            try:
+                config = STEP_OPTIONS[kind].from_dict(opts)
+            except VitoptError as e:
+                raise VitoptError(f"recipe {p}: step {i + 1} ({kind}): {e}") from None
         elif kind not in METHOD_MODULES:
             raise VitoptError(f"recipe {p}: step {i + 1}: unknown step '{kind}' "
-                              f"(steps: {', '.join(sorted(PIPELINE_STEPS))}; methods: {', '.join(sorted(METHOD_MODULES))})")
-        steps.append(Step(kind, dict(opts)))
+                              f"(steps: {', '.join(sorted(STEP_OPTIONS))}; methods: {', '.join(sorted(METHOD_MODULES))})")
+        steps.append(Step(kind, dict(opts), config))
     device = raw.get("device") or "cpu"
     if device not in ("cpu", "cuda", "auto"):
         raise VitoptError(f"recipe {p}: device must be cpu, cuda or auto, got {device!r}")

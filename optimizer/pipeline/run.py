@@ -11,11 +11,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import VitoptError
 from ..fileio import atomic_dir, sha256_file, write_json
-from .recipe import PIPELINE_STEPS, Recipe
+from .recipe import Recipe
 
 
 def _log(msg: str) -> None:
@@ -31,7 +30,6 @@ class RunState:
     dense: object = None                    # the dense original (reference, teacher)
     onnx: dict = field(default_factory=dict)    # precision -> path
     engines: dict = field(default_factory=dict)  # precision -> path
-    results: dict = field(default_factory=dict)
     steps: list = field(default_factory=list)
 
     @property
@@ -39,11 +37,10 @@ class RunState:
         return self.compressed.model if self.compressed is not None else self.loaded.model
 
 
-def _step_compress(st: RunState, method: str, opts: dict) -> dict:
-    from ..compress.runner import build_config, compress_loaded
+def _step_compress(st: RunState, method: str, cfg) -> dict:
+    from ..compress.runner import compress_loaded
     from ..compress.saving import save_compressed
     from ..counting import count_macs
-    cfg = build_config(method, opts)
     before = count_macs(st.model)
     base = st.loaded if st.compressed is None else _as_loaded(st)
     st.compressed = compress_loaded(base, [cfg], st.recipe.calib, teacher=st.dense, device=_device(st),
@@ -70,7 +67,7 @@ def _device(st: RunState) -> str:
     return st.recipe.device
 
 
-def _step_eval(st: RunState, opts: dict) -> dict:
+def _step_eval(st: RunState, opts) -> dict:
     from ..counting import count_macs
     counts = count_macs(st.model)
     res = {"params": counts.params, "macs": counts.macs, "params_M": round(counts.mparams, 3),
@@ -82,11 +79,8 @@ def _step_eval(st: RunState, opts: dict) -> dict:
         return res
     from ..data import build_loader
     from ..evaluation import evaluate
-    bs = int(opts.get("batch_size", 64))
-    if bs < 1:
-        raise VitoptError(f"eval batch_size must be positive, got {bs}")
-    loader = build_loader(st.recipe.data, st.model, batch_size=bs, synsets=st.recipe.synsets,
-                          workers=st.recipe.workers, limit=opts.get("limit"))
+    loader = build_loader(st.recipe.data, st.model, batch_size=opts.batch_size, synsets=st.recipe.synsets,
+                          workers=st.recipe.workers, limit=opts.limit)
     ref = st.dense if st.compressed is not None else None
     r = evaluate(st.model, loader, reference=ref).to_dict()
     random_w = st.loaded.is_random
@@ -100,93 +94,40 @@ def _step_eval(st: RunState, opts: dict) -> dict:
     return res
 
 
-def _parity_inputs(st: RunState, n: int):
-    import torch
-    from ..counting import model_input_size
-    if st.recipe.data:
-        from ..data import build_loader
-        loader = build_loader(st.recipe.data, st.model, batch_size=n, synsets=st.recipe.synsets, workers=0,
-                              limit=n)
-        for batch in loader:
-            if batch.images.numel():
-                return batch.images, "real images from " + st.recipe.data
-    g = torch.Generator().manual_seed(0)
-    return torch.randn((n, *model_input_size(st.model)), generator=g), "random inputs (no data given)"
+def _step_export(st: RunState, opts) -> dict:
+    from ..deploy import deploy_models, parity_inputs, write_onnx
+    inputs = parity_inputs(st.model, st.recipe.data, opts.deploy.parity_images)
+    results = deploy_models(st.model, opts.deploy, inputs, opts.precisions, description=st.loaded.describe(),
+                            log=lambda m: _log(f"export: {m}"))
+    res = {}
+    for prec, result in results.items():
+        path = st.out / ("model.onnx" if prec == "fp32" else f"model.{prec}.onnx")
+        write_onnx(result, path)
+        st.onnx[prec] = path
+        res[prec] = {**result.report, "parity": {**result.report["parity"], "inputs": inputs.source}}
+    # the first precision's report at the top level (what a one-precision recipe reads)
+    return {**res[opts.precisions[0]], "precisions": res}
 
 
-def _step_export(st: RunState, opts: dict) -> dict:
-    import onnx
-    from ..export import check_parity, onnx_from_torch, set_metadata
-    from ..graph import cleanup_graph, convert_to_fp16, op_histogram
-    from ..methods.gates.export import gates_k_mode
-    from ..export.torch_to_onnx import save_onnx
-    opset = int(opts.get("opset", 18))
-    exporter = opts.get("exporter", "dynamo")
-    if exporter not in ("dynamo", "legacy"):
-        raise VitoptError(f"export exporter must be dynamo or legacy, got {exporter!r}")
-    model = st.model
-    merge = _export_ready(model)
-    path = st.out / "model.onnx"
-    with gates_k_mode(merge, opts.get("gates_k")) as gates_meta:
-        info = onnx_from_torch(merge, path, opset=opset, dynamo=exporter == "dynamo",
-                               description=st.loaded.describe())
-        res = {"export": info.to_dict()}
-        proto = onnx.load(str(path))
-        if opts.get("cleanup", True):
-            proto, report = cleanup_graph(proto)
-            res["cleanup"] = report.to_dict()
-            _log(f"export: graph clean-up {report.nodes_before} -> {report.nodes_after} nodes")
-        if gates_meta:
-            set_metadata(proto, gates_meta)
-            res["gates_k"] = gates_meta["vitopt.gates.k"]
-        save_onnx(proto, path)
-        x, what = _parity_inputs(st, int(opts.get("parity_images", 8)))
-        parity = check_parity(merge, path, x, atol=float(opts.get("atol", 1e-4)))
-    res["parity"] = {**parity.to_dict(), "inputs": what}
-    _log(f"export: parity vs PyTorch on {what}: {parity}")
-    st.onnx["fp32"] = path
-    proto16 = convert_to_fp16(proto)
-    p16 = st.out / "model.fp16.onnx"
-    save_onnx(proto16, p16)
-    st.onnx["fp16"] = p16
-    res["fp16_ops"] = op_histogram(proto16)
-    return res
-
-
-def _export_ready(model):
-    """Compression modules that need a deploy form (e.g. merged low-rank pairs) provide it here."""
-    try:
-        from ..methods.lowrank import merge_for_export
-    except ImportError:
-        return model
-    return merge_for_export(model)
-
-
-def _step_build(st: RunState, opts: dict) -> dict:
+def _step_build(st: RunState, opts) -> dict:
     from ..engine import engine_from_onnx, import_builder, save_engine
     from ..errors import MissingDependency
     if not st.onnx:
         raise VitoptError("build step needs an export step before it")
-    precisions = opts.get("precision", ["fp32"])
-    precisions = [precisions] if isinstance(precisions, str) else list(precisions)
-    batches = opts.get("batch", [1, 8, 32])
-    batches = [batches] if isinstance(batches, int) else list(batches)
-    if any((not isinstance(b, int)) or b < 1 for b in batches):
-        raise VitoptError(f"build batch sizes must be positive integers, got {batches}")
-    builder = opts.get("builder")
     try:
-        import_builder(builder)
+        import_builder(opts.builder)
     except MissingDependency as e:
-        if opts.get("optional"):
+        if opts.optional:
             _log(f"build: skipped, {e}")
             return {"skipped": str(e)}
         raise
     res = {}
-    for prec in precisions:
-        if prec not in ("fp32", "fp16"):
-            raise VitoptError(f"build precision must be fp32 or fp16, got {prec!r}")
-        src = st.onnx["fp16" if prec == "fp16" else "fp32"]
-        built = engine_from_onnx(src, batch_sizes=batches, fp16=prec == "fp16", builder=builder)
+    for prec in opts.precision:
+        if prec not in st.onnx:
+            raise VitoptError(f"build precision {prec} needs the export step to write it (export precision: "
+                              f"{', '.join(st.onnx)})")
+        src = st.onnx[prec]
+        built = engine_from_onnx(src, batch_sizes=list(opts.batch), fp16=prec == "fp16", builder=opts.builder)
         path = st.out / f"model.{prec}.engine"
         built.info["onnx"] = src.name  # relative: the run directory is renamed at the end
         save_engine(built, path)
@@ -196,21 +137,16 @@ def _step_build(st: RunState, opts: dict) -> dict:
     return res
 
 
-def _step_bench(st: RunState, opts: dict) -> dict:
+def _step_bench(st: RunState, opts) -> dict:
     from ..bench import benchmark, rows_to_dict, to_markdown
     from ..runners import OrtRunner, TorchRunner, TrtRunner, gpu_available
-    backends = opts.get("backends", ["onnxruntime", "torch"])
-    backends = [backends] if isinstance(backends, str) else list(backends)
-    batches = opts.get("batch", [1, 8, 32])
-    batches = [batches] if isinstance(batches, int) else list(batches)
-    if any((not isinstance(b, int)) or b < 1 for b in batches):
-        raise VitoptError(f"bench batch sizes must be positive integers, got {batches}")
-    kw = {k: int(opts[k]) for k in ("iters", "warmup") if k in opts}
+    batches = list(opts.batch)
+    kw = {k: getattr(opts, k) for k in ("iters", "warmup") if getattr(opts, k) is not None}
     rows, skipped = [], {}
-    for be in backends:
+    for be in opts.backends:
         if be == "onnxruntime":
             for prec, path in st.onnx.items():
-                with OrtRunner(path, threads=opts.get("threads"), allow_spinning=bool(opts.get("spinning", False))) as r:
+                with OrtRunner(path, threads=opts.threads, allow_spinning=opts.spinning) as r:
                     rows += benchmark(r, batches, **kw)
         elif be == "torch":
             with TorchRunner(st.model, device=_device(st)) as r:
@@ -223,8 +159,6 @@ def _step_bench(st: RunState, opts: dict) -> dict:
             for prec, path in st.engines.items():
                 with TrtRunner(path) as r:
                     rows += benchmark(r, batches, **kw)
-        else:
-            raise VitoptError(f"unknown bench backend {be!r} (onnxruntime, torch, tensorrt)")
     table = to_markdown(rows)
     (st.out / "bench.md").write_text(table + "\n")
     print(table, flush=True)
@@ -232,13 +166,31 @@ def _step_bench(st: RunState, opts: dict) -> dict:
     return {"rows": rows_to_dict(rows)["rows"], "skipped": skipped}
 
 
+_STEPS = {"eval": _step_eval, "export": _step_export, "build": _step_build, "bench": _step_bench}
+
+
+def _method_configs(recipe: Recipe) -> dict:
+    """Every compression step's config, built before the first step runs (a bad option in step 5 must
+    not cost the compression of step 1): {step index: config}."""
+    from ..compress.runner import build_config
+    out = {}
+    for i, step in enumerate(recipe.steps):
+        if step.kind not in _STEPS:
+            try:
+                out[i] = build_config(step.kind, step.options)
+            except VitoptError as e:
+                raise VitoptError(f"recipe {recipe.source}: step {i + 1} ({step.kind}): {e}") from None
+    return out
+
+
 def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
     """Run every step of ``recipe`` into ``out``; returns the manifest."""
     import copy
     from .. import __version__
-    from ..cli.common import environment
+    from ..bench import environment
     from ..models.loading import load_model
     out = Path(out)
+    configs = _method_configs(recipe)
     with atomic_dir(out) as tmp:
         st = RunState(recipe, tmp)
         st.loaded = load_model(recipe.model, recipe.checkpoint, **recipe.model_kwargs)
@@ -247,16 +199,10 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
         for i, step in enumerate(recipe.steps, 1):
             t0 = time.perf_counter()
             _log(f"[{i}/{len(recipe.steps)}] {step.kind}")
-            if step.kind == "eval":
-                res = _step_eval(st, step.options)
-            elif step.kind == "export":
-                res = _step_export(st, step.options)
-            elif step.kind == "build":
-                res = _step_build(st, step.options)
-            elif step.kind == "bench":
-                res = _step_bench(st, step.options)
+            if step.kind in _STEPS:
+                res = _STEPS[step.kind](st, step.config)
             else:
-                res = _step_compress(st, step.kind, step.options)
+                res = _step_compress(st, step.kind, configs[i - 1])
             st.steps.append({"step": step.kind, "options": step.options,
                              "seconds": round(time.perf_counter() - t0, 2), "result": res})
         artifacts = []

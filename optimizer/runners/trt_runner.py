@@ -14,11 +14,11 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import MissingDependency, VitoptError
+from ..engine.builders import BUILDERS, import_builder
+from ..errors import VitoptError
 from ..fileio import require_file
 from .base import BaseRunner
 
-BUILDERS = ("tensorrt", "tensorrt_rtx")
 NO_GPU = "TensorRT engines need an NVIDIA GPU to run; none found"
 
 
@@ -59,21 +59,6 @@ def sidecar_memory_bytes(meta: Optional[dict]) -> Optional[int]:
     if w is None and a is None:
         return None
     return int((w or 0) + (a or 0))
-
-
-def import_builder(builder: Optional[str] = None):
-    """Import ``tensorrt`` or ``tensorrt_rtx`` (the named one, else whichever imports first)."""
-    import importlib
-    names = [builder] if builder else list(BUILDERS)
-    for n in names:
-        if n not in BUILDERS:
-            raise VitoptError(f"unknown TensorRT builder {n!r} (use {' or '.join(BUILDERS)})")
-        try:
-            return importlib.import_module(n)
-        except ImportError:
-            continue
-    raise MissingDependency(f"{' / '.join(names)} is not installed: pip install "
-                            + (" or ".join(n.replace('_', '-') for n in names)))
 
 
 def _torch_dtype(trt, dt):
@@ -117,7 +102,7 @@ class TrtRunner(BaseRunner):
 
     def _activate(self) -> None:
         import torch
-        trt = import_builder(self.builder)
+        trt, _ = import_builder(self.builder)
         self.builder = trt.__name__
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.ERROR)

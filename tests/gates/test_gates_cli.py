@@ -74,12 +74,12 @@ def test_export_gates_k_fixed_writes_the_static_shape_graph(tmp_path, capsys, mo
         assert abs(_ort_logits(out, x) - ref).max() <= 1e-4
         want = "fixed (calibrated mean)" if mode == "fixed" else "data-dependent (TopK)"
         assert get_metadata(onnx.load(str(out)))["vitopt.gates.k"] == want
-        assert json.loads(js.read_text())["gates_k"] == want
+        assert json.loads(js.read_text())["method_export"]["vitopt.gates.k"] == want
     assert all(m.fixed_k is None for m in model.modules() if hasattr(m, "fixed_k"))   # mode reset afterwards
 
 
 def test_export_gates_k_errors_are_one_line(tmp_path, capsys, monkeypatch):
-    cases = [({}, ["--gates-k", "static"], "--gates-k must be one of data, fixed"),
+    cases = [({}, ["--gates-k", "static"], "gates_k must be data or fixed, got 'static'"),
              ({"gated": False}, ["--gates-k", "fixed"], "has no gates"),
              ({"gated": False}, ["--gates-k", "data"], "has no gates"),
              ({"calibrated": False}, ["--gates-k", "fixed"], "never calibrated")]

@@ -145,7 +145,7 @@ def test_slim_then_lowrank_in_one_recipe(tmp_path, image_folder):
     from optimizer.methods.slim import SlimConfig
     model = tiny_vit()
     ctx = CompressContext(calib_dir=str(image_folder), workers=0, log=lambda s: None)
-    slim = SlimConfig(macs_ratio=0.8, importance="magnitude", prune_tokens=False, recovery="none")
+    slim = SlimConfig.from_dict({"macs_ratio": 0.8, "importance": "magnitude", "prune_tokens": False, "recovery": "none"})
     low = LowRankConfig(params_ratio=0.8, calib_images=6, batch_size=3, heldout_every=0)
     cm = compress(model, [slim, low], ctx, arch="vit_tiny_patch16_224", model_kwargs=TINY_KW, base_weights="random")
     assert [s["method"] for s in cm.steps] == ["slim", "lowrank"] and cm.steps[1]["structure"]

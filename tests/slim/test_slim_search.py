@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from optimizer.compress import CompressContext, compress, load_compressed, save_compressed
+from optimizer.compress.config import RecoveryConfig
 from optimizer.counting import count_macs
 from optimizer.methods.slim import SearchModel, SlimConfig, search_masks
 from optimizer.methods.slim import search as search_mod
@@ -73,7 +74,7 @@ def test_apply_meets_budget_and_restores(image_folder, tmp_path, importance):
     model = tiny_vit(**KW)
     dense_macs = count_macs(model).macs
     cfg = SlimConfig(macs_ratio=0.6, steps=2, batch_size=2, importance=importance, baseline_batches=2,
-                     recovery="logit", recovery_epochs=1, recovery_batch_size=2)
+                     recovery=RecoveryConfig(loss="logit", epochs=1, lr=1e-4, batch_size=2, holdout=0.1))
     cm = compress(model, [cfg], ctx_for(image_folder, teacher=copy.deepcopy(model)),
                   arch="vit_tiny_patch16_224", model_kwargs=KW)
     ratio = count_macs(cm.model).macs / dense_macs
@@ -94,7 +95,7 @@ def test_apply_meets_budget_and_restores(image_folder, tmp_path, importance):
 def test_second_budget_reuses_the_finished_search(image_folder, tmp_path):
     base = tiny_vit(**KW)
     work = str(tmp_path / "work")
-    kw = dict(steps=2, batch_size=2, recovery="none")
+    kw = dict(steps=2, batch_size=2, recovery=RecoveryConfig(loss="none"))
     compress(copy.deepcopy(base), [SlimConfig(macs_ratio=0.6, **kw)],
              ctx_for(image_folder, work_dir=work, teacher=copy.deepcopy(base)))
     logs = []

@@ -11,12 +11,14 @@ structure/rebuild), ``train`` (gate training, calibration), ``export`` (ONNX wit
 from ...compress.registry import register_method
 from .config import GatesConfig
 from .convert import gate_model, rebuild_gated, static_prune, structure_of
+from .export import export_form
 from .method import apply_gates, rebuild_gates
 from .modules import (GatedAttention, GatedMlp, GateNet, gated_modules, set_fixed_k, set_forced_gates,
                       set_group_sizes, subgroup_sizes)
 
 register_method("gates", GatesConfig, apply_gates, rebuild_gates,
-                "input-adaptive group gates over heads and MLP channel groups + static pruning (USDC)")
+                "input-adaptive group gates over heads and MLP channel groups + static pruning (USDC)",
+                export_form=export_form)
 
 __all__ = ["GatesConfig", "apply_gates", "rebuild_gates", "gate_model", "rebuild_gated", "static_prune",
            "structure_of", "GatedAttention", "GatedMlp", "GateNet", "gated_modules", "set_fixed_k",

@@ -1,10 +1,10 @@
 """``GatesConfig``: USDC input-adaptive group gates plus static pruning from gate statistics."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
-from ...compress.config import MethodConfig, check_positive, check_ratio
+from ...compress.config import MethodConfig, RecoveryConfig, check_positive, check_ratio
 
 ESTIMATORS = ("ste", "gumbel")
 
@@ -36,12 +36,13 @@ class GatesConfig(MethodConfig):
     batch_size        training batch (= the largest gate group seen in training)
     lr_gates          AdamW learning rate of the gate nets
     lr_backbone       learning rate of the other weights during gate training (0: frozen)
-    finetune_steps    fine-tune after static pruning (distillation trainer, same gate-group schedule)
-    finetune_lr       backbone learning rate of that fine-tune
-    finetune_gates    the gate nets train in the fine-tune too (at finetune_lr_gates, with the
+    recovery          fine-tune after static pruning (the shared RecoveryConfig: logit KD, ``steps``,
+                      backbone ``lr``; batch and augmentation default to this config's), under the
+                      same gate-group schedule as gate training; default: none
+    recovery_gates    the gate nets train in that fine-tune too (at recovery_lr_gates, with the
                       MACs-target loss), so executed MACs stay at the target while the backbone
                       moves; off: gate nets frozen, and the MACs follow what the tuned features switch on
-    finetune_lr_gates gate-net learning rate in that fine-tune (below lr_gates: decisions that keep
+    recovery_lr_gates gate-net learning rate in that fine-tune (below lr_gates: decisions that keep
                       flipping leave the backbone nothing stable to adapt to)
     kd_tau            logit distillation temperature (teacher = the model entering this step)
     never_on          a unit on in at most this fraction of calibration groups is removed
@@ -70,10 +71,9 @@ class GatesConfig(MethodConfig):
     batch_size: int = 32
     lr_gates: float = 1e-2
     lr_backbone: float = 0.0
-    finetune_steps: int = 0
-    finetune_lr: float = 1e-5
-    finetune_gates: bool = True
-    finetune_lr_gates: float = 1e-3
+    recovery: RecoveryConfig = field(default_factory=lambda: RecoveryConfig(loss="logit", lr=1e-5))
+    recovery_gates: bool = True
+    recovery_lr_gates: float = 1e-3
     kd_tau: float = 1.0
     never_on: float = 0.01
     always_on: float = 0.99
@@ -109,10 +109,11 @@ class GatesConfig(MethodConfig):
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         check_positive("lr_gates", self.lr_gates)
         check_positive("lr_backbone", self.lr_backbone, allow_zero=True)
-        if not isinstance(self.finetune_steps, int) or self.finetune_steps < 0:
-            raise ValueError(f"finetune_steps must be a non-negative integer, got {self.finetune_steps!r}")
-        check_positive("finetune_lr", self.finetune_lr)
-        check_positive("finetune_lr_gates", self.finetune_lr_gates)
+        if not isinstance(self.recovery, RecoveryConfig):
+            raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
+        if self.recovery.enabled and self.recovery.lr is None:
+            raise ValueError("recovery.lr must be given: the gate nets' learning rate is set relative to it")
+        check_positive("recovery_lr_gates", self.recovery_lr_gates)
         check_positive("kd_tau", self.kd_tau)
         for name in ("never_on", "always_on"):
             v = getattr(self, name)

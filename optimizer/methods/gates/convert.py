@@ -23,11 +23,11 @@ import torch.nn as nn
 
 from ...errors import VitoptError
 from ...models.blocks import PrunedAttention, PrunedBlock, make_prunable
-from .modules import GatedAttention, GatedMlp, _is_lowrank, gated_modules
+from .modules import GatedAttention, GatedMlp, is_lowrank, gated_modules
 
 
 def _linear(m: nn.Module, what: str) -> nn.Module:
-    if not isinstance(m, nn.Linear) and not _is_lowrank(m):
+    if not isinstance(m, nn.Linear) and not is_lowrank(m):
         raise VitoptError(f"gates need an nn.Linear or a low-rank LowRankLinear for {what}, "
                           f"found {type(m).__name__}")
     return m
@@ -39,7 +39,7 @@ def _device(m: nn.Module) -> torch.device:
 
 def _linear_spec(m: nn.Module) -> Optional[dict]:
     """None for nn.Linear; {"ranks": [r1, r2]} for a low-rank layer (rebuild recreates it)."""
-    return {"ranks": [int(r) for r in m.ranks]} if _is_lowrank(m) else None
+    return {"ranks": [int(r) for r in m.ranks]} if is_lowrank(m) else None
 
 
 def _make_linear(in_f: int, out_f: int, bias: bool, spec: Optional[dict]) -> nn.Module:
@@ -93,7 +93,7 @@ def gate_mlp(mlp: nn.Module, group_size: int, gate_hidden: int, threshold: float
 def _sliced_linear(lin: nn.Module, rows: Optional[torch.Tensor] = None,
                    cols: Optional[torch.Tensor] = None) -> nn.Module:
     """A copy of ``lin`` keeping output ``rows`` and input ``cols`` (low-rank: rows of ``up``, cols of ``down``)."""
-    if _is_lowrank(lin):
+    if is_lowrank(lin):
         from ..lowrank.module import LowRankLinear
         r1, r2 = lin.ranks
         ups = [lin.up1.detach()] + ([lin.up2.detach()] if r2 else [])
@@ -203,13 +203,13 @@ def _carry_gate(old, new, dyn: list) -> None:
     old.gate_net.keep_units(dyn)
     new.gate_net = old.gate_net
     new.estimator, new.gumbel_tau = old.estimator, old.gumbel_tau
-    freq = getattr(old, "_on_freq_mean", None)
+    freq = getattr(old, "on_freq_mean", None)
     if freq is not None:
         new.mean_active = float(sum(freq[u] for u in dyn))
 
 
 def static_prune(model: nn.Module, never_on: float, always_on: float) -> dict:
-    """Use each module's recorded on-frequencies (``_on_freq_min``/``_on_freq_max``, set by
+    """Use each module's recorded on-frequencies (``on_freq_min``/``on_freq_max``, set by
     calibration) to remove never-on units and make always-on units static. Returns counts."""
     removed = {"heads": 0, "mlp_groups": 0}
     made_static = {"heads": 0, "mlp_groups": 0}
@@ -218,7 +218,7 @@ def static_prune(model: nn.Module, never_on: float, always_on: float) -> dict:
             g = getattr(blk, name)
             if not g.dynamic_units:
                 continue
-            fmax, fmin = g._on_freq_max, g._on_freq_min
+            fmax, fmin = g.on_freq_max, g.on_freq_min
             never = [u for u in range(g.dynamic_units) if fmax[u] <= never_on]
             always = [u for u in range(g.dynamic_units) if fmin[u] >= always_on and u not in never]
             if isinstance(g, GatedAttention) and len(never) == g.units:

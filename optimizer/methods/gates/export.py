@@ -17,11 +17,12 @@ import contextlib
 import os
 from typing import Optional
 
+from ...compress.registry import METHODS
 from ...errors import VitoptError
 from .modules import gated_modules, set_fixed_k
 
-
-GATES_K_MODES = ("data", "fixed")
+# declared once, by the gates entry of the method registry (it is what `--gates-k` and recipes accept)
+GATES_K_MODES = METHODS["gates"].export_options["gates_k"].choices
 
 
 @contextlib.contextmanager
@@ -56,35 +57,33 @@ def gates_k_mode(model, mode: Optional[str]):
         set_fixed_k(model, False)
 
 
+@contextlib.contextmanager
+def export_form(model, options: dict):
+    """The registry's export form of the gates method: ``gates_k_mode(model, options["gates_k"])``."""
+    with gates_k_mode(model, options.get("gates_k")) as meta:
+        yield model, meta
+
+
 def onnx_from_gated(model, path: str | os.PathLike, *, fixed_k: bool = False, dynamo: bool = False,
-                    opset: int = 18, input_name: str = "input", output_name: str = "logits",
-                    example_batch: int = 2):
-    """Export a gated model (eval mode, gates decided in the graph) with ``optimizer.export``.
+                    opset: int = 18, parity_images: int = 8):
+    """Export a gated model (eval mode, gates decided in the graph) through the deployment chain
+    (``optimizer.deploy``: export, graph rules, parity against PyTorch on seeded random inputs).
 
     Args:
         fixed_k: constant K per module (calibrated mean) instead of the data-dependent count.
         dynamo: the torch.export-based exporter; the default TorchScript exporter records the
             data-dependent TopK K directly (both produce TopK+Gather; see the benchmark report).
-    Returns the ``ExportInfo`` of ``optimizer.export.onnx_from_torch``.
+        parity_images: random inputs of the parity check.
+    Returns the chain's ``DeployResult`` (``.report`` has the export, clean-up and parity reports).
     Example: ``onnx_from_gated(model, "gated.onnx")``
     """
-    from ...export import onnx_from_torch, save_onnx, set_metadata
+    from ...deploy import DeployOptions, deploy_model, parity_inputs, write_onnx
     if not gated_modules(model):
-        raise VitoptError("the model has no gated modules: export it with optimizer.export.onnx_from_torch")
-    with gates_k_mode(model, "fixed" if fixed_k else "data") as meta:
-        info = onnx_from_torch(model, path, opset=opset, dynamo=dynamo, input_name=input_name,
-                               output_name=output_name, example_batch=example_batch, fallback=False,
-                               description="vitopt gated ViT (USDC)")
-    import onnx
-    proto = onnx.load(str(path))
-    set_metadata(proto, meta)
-    save_onnx(proto, path)
-    return info
-
-
-def op_counts(path: str | os.PathLike) -> dict:
-    import onnx
-    counts: dict = {}
-    for n in onnx.load(str(path)).graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return dict(sorted(counts.items()))
+        raise VitoptError("the model has no gated modules: export it with optimizer.deploy.deploy_model")
+    options = DeployOptions(opset=opset, exporter="dynamo" if dynamo else "legacy", fallback=False,
+                            parity_images=parity_images,
+                            method_options={"gates_k": "fixed" if fixed_k else "data"})
+    result = deploy_model(model, options, parity_inputs(model, None, parity_images),
+                          description="vitopt gated ViT (USDC)")
+    write_onnx(result, path)
+    return result

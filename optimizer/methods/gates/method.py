@@ -57,7 +57,7 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
     log(f"gates: calibration active fraction {active}; static pruning {pruned}")
 
     finetune = None
-    if cfg.finetune_steps:
+    if cfg.recovery.enabled:
         finetune = _finetune(model, teacher, ctx, cfg, dense.macs)
         # the backbone moved, so on-frequencies (and the fixed-K counts taken from them) are stale:
         # measure them again on the tuned model and drop what it never/always switches on now
@@ -89,15 +89,15 @@ def _finetune(model, teacher, ctx, cfg: GatesConfig, dense_macs: float) -> dict:
 
     Every step splits its batch into gate groups by the same schedule as gate training: tuning the
     backbone only under whole-batch decisions would undo what sub-group augmentation bought. With
-    ``cfg.finetune_gates`` the gate nets keep training at ``finetune_lr_gates`` under the MACs term:
+    ``cfg.recovery_gates`` the gate nets keep training at ``recovery_lr_gates`` under the MACs term:
     frozen gates read features that the tuned backbone changes, and switch on more units than the
     target (measured: 0.61 -> 0.67-0.70 of dense MACs over 64 steps on DeiT-Tiny)."""
-    from ...distill import DistillConfig, recover
+    from ...distill import recover
     gate_names = {n for n, _ in model.named_parameters() if ".gate_net." in n}
     # static pruning may have left no gate to train: then the fine-tune is the backbone's alone
-    train_gates_too = cfg.finetune_gates and any(m.dynamic_units and m.gate_net is not None
+    train_gates_too = cfg.recovery_gates and any(m.dynamic_units and m.gate_net is not None
                                                  for m in gated_modules(model))
-    gate_scale = cfg.finetune_lr_gates / cfg.finetune_lr if train_gates_too else 0.0
+    gate_scale = cfg.recovery_lr_gates / cfg.recovery.lr if train_gates_too else 0.0
     groups_seen: dict = {}
     ratios: list = []
 
@@ -119,9 +119,8 @@ def _finetune(model, teacher, ctx, cfg: GatesConfig, dense_macs: float) -> dict:
             return {"macs": cfg.gamma * (ratio - cfg.macs_ratio) ** 2}
 
     try:
-        dcfg = DistillConfig(alpha=1.0, beta=0.0, tau=cfg.kd_tau, steps=cfg.finetune_steps, batch_size=cfg.batch_size,
-                             lr=cfg.finetune_lr, augment=cfg.augment, limit=cfg.calib_images, eval_at_start=False,
-                             save_every=0)
+        dcfg = cfg.recovery.distill_config(batch_size=cfg.batch_size, augment=cfg.augment, alpha=1.0,
+                                           tau=cfg.kd_tau, limit=cfg.calib_images, save_every=0)
         rep = recover(model, teacher, ctx, dcfg, before_step=set_groups, extra_loss=extra,
                       lr_scale=lambda n: gate_scale if n in gate_names else 1.0)
     finally:

@@ -134,7 +134,8 @@ class GateNet(nn.Module):
         self.units = len(idx)
 
 
-def _is_lowrank(lin: nn.Module) -> bool:
+def is_lowrank(lin: nn.Module) -> bool:
+    """True for a factorised linear (``LowRankLinear``: down/up pairs), by its attributes (no lowrank import)."""
     return hasattr(lin, "down1") and hasattr(lin, "up1")
 
 
@@ -144,7 +145,7 @@ def row_parts(lin: nn.Module) -> tuple:
     nn.Linear: pre = None, W = weight. Low-rank ``up·down`` (both factor pairs concatenated):
     pre = down (r × in), W = up (out × r): gathering output units gathers rows of ``up`` only.
     """
-    if _is_lowrank(lin):
+    if is_lowrank(lin):
         if lin.down2 is None:
             return lin.down1, lin.up1, lin.bias
         return torch.cat([lin.down1, lin.down2]), torch.cat([lin.up1, lin.up2], 1), lin.bias
@@ -154,7 +155,7 @@ def row_parts(lin: nn.Module) -> tuple:
 def col_parts(lin: nn.Module) -> tuple:
     """(Wt, post, bias) with ``lin(h) == F.linear(h @ Wt, post, bias)`` (post None: ``h @ Wt + bias``);
     rows of Wt are input units."""
-    if _is_lowrank(lin):
+    if is_lowrank(lin):
         pre, up, bias = row_parts(lin)
         return pre.t(), up, bias
     return lin.weight.t(), None, lin.bias
@@ -162,7 +163,7 @@ def col_parts(lin: nn.Module) -> tuple:
 
 def _width(lin: nn.Module, side: str) -> int:
     """Inner width of the gathered matrix: the rank for low-rank layers, else the other dimension."""
-    if _is_lowrank(lin):
+    if is_lowrank(lin):
         return lin.rank
     return lin.in_features if side == "rows" else lin.out_features
 
@@ -277,7 +278,7 @@ class _Gated(nn.Module):
         counts = torch.as_tensor(sizes, device=x.device)
         return mask.repeat_interleave(counts, dim=0)                    # (B, units)
 
-    def _unit_costs(self, x: torch.Tensor) -> tuple:
+    def unit_costs(self, x: torch.Tensor) -> tuple:
         """(MACs per image of the always-run part, MACs per image of one dynamic unit)."""
         raise NotImplementedError
 
@@ -316,7 +317,7 @@ class GatedAttention(_Gated):
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
             o = o * mask[:, :, None, None]
             o = o.transpose(1, 2).reshape(B, N, H * hd)
-            fixed, per_unit = self._unit_costs(x)
+            fixed, per_unit = self.unit_costs(x)
             self.train_macs = fixed + per_unit * mask[:, self.static_units:].sum(1)
             return _run(self.proj, o)
         if not self.dynamic_units:      # every head static: the plain attention, no gather
@@ -365,17 +366,17 @@ class GatedAttention(_Gated):
         contrib = torch.einsum("bhnd,hde->bhne", o, w).norm(dim=-1).mean(dim=(0, 2))     # (H,)
         return contrib[self.static_units:]
 
-    def _unit_costs(self, x):
+    def unit_costs(self, x):
         N, D, hd = x.shape[1], self.dim, self.head_dim
         kq, kp = _width(self.qkv, "rows"), _width(self.proj, "cols")
         per_head = 3 * N * kq * hd + 2 * N * N * hd + N * hd * kp
-        outer = (N * D * kq if _is_lowrank(self.qkv) else 0) + (N * kp * D if _is_lowrank(self.proj) else 0)
+        outer = (N * D * kq if is_lowrank(self.qkv) else 0) + (N * kp * D if is_lowrank(self.proj) else 0)
         return per_head * self.static_units + outer, per_head
 
     def vitopt_macs(self, inputs, output) -> int:
         """Executed q/k/v, attention and projection MACs for the heads that ran (batch total)."""
         x = inputs[0]
-        fixed, per_unit = self._unit_costs(x)
+        fixed, per_unit = self.unit_costs(x)
         active = self.dynamic_units if self.training else self.last_active
         return int(round(x.shape[0] * (fixed + per_unit * active)))
 
@@ -413,7 +414,7 @@ class GatedMlp(_Gated):
             mask = torch.cat([torch.ones(B, self.static_channels, device=x.device, dtype=x.dtype),
                               gm.repeat_interleave(self.group_size, dim=1)], dim=1)  # (B, C)
             h = self.act(_run(self.fc1, x)) * mask[:, None, :]
-            fixed, per_unit = self._unit_costs(x)
+            fixed, per_unit = self.unit_costs(x)
             self.train_macs = fixed + per_unit * gm.sum(1)
             return _run(self.fc2, h)
         if not self.dynamic_units:
@@ -454,17 +455,17 @@ class GatedMlp(_Gated):
         imp = h.abs().mean(dim=(0, 1)) * w.norm(dim=1)
         return imp[self.static_channels:].reshape(self.dynamic_units, self.group_size).sum(1)
 
-    def _unit_costs(self, x):
+    def unit_costs(self, x):
         N, D = x.shape[1], self.dim
         k1, k2 = _width(self.fc1, "rows"), _width(self.fc2, "cols")
         per_channel = N * k1 + N * k2
-        outer = (N * D * k1 if _is_lowrank(self.fc1) else 0) + (N * k2 * D if _is_lowrank(self.fc2) else 0)
+        outer = (N * D * k1 if is_lowrank(self.fc1) else 0) + (N * k2 * D if is_lowrank(self.fc2) else 0)
         return per_channel * self.static_channels + outer, per_channel * self.group_size
 
     def vitopt_macs(self, inputs, output) -> int:
         """Executed fc1 and fc2 MACs for the channels that ran (batch total)."""
         x = inputs[0]
-        fixed, per_unit = self._unit_costs(x)
+        fixed, per_unit = self.unit_costs(x)
         active = self.dynamic_units if (self.training or not self.dynamic_units) else self.last_active
         return int(round(x.shape[0] * (fixed + per_unit * active)))
 

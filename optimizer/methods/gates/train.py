@@ -38,7 +38,7 @@ def gated_dense_split(model: nn.Module, dense_macs: float, example: torch.Tensor
     hooks = []
     for m in gated_modules(model):
         def hook(mod, inp, out):
-            fixed, per_unit = mod._unit_costs(inp[0])
+            fixed, per_unit = mod.unit_costs(inp[0])
             per_dyn[mod] = per_dyn.get(mod, 0.0) + fixed + per_unit * mod.dynamic_units
         hooks.append(m.register_forward_hook(hook))
     was = model.training
@@ -154,7 +154,7 @@ def calibrate_gates(model: nn.Module, loaders: dict, device) -> dict:
     """Eval-mode gate decisions over calibration images at each group size.
 
     ``loaders``: {group size: loader with that batch size}. Sets on every gated module the per-unit
-    on-frequency ``_on_freq_min``/``_on_freq_max`` (over group sizes) and ``_on_freq_mean`` (mean
+    on-frequency ``on_freq_min``/``on_freq_max`` (over group sizes) and ``on_freq_mean`` (mean
     over sizes) and ``mean_active``; returns {group size: mean active fraction of dynamic units}.
     """
     mods = [m for m in gated_modules(model) if m.dynamic_units]
@@ -178,7 +178,7 @@ def calibrate_gates(model: nn.Module, loaders: dict, device) -> dict:
         summary[int(size)] = round(on_total / max(units_total, 1), 4)
     for m in mods:
         f = torch.stack(per_size[m])
-        m._on_freq_min, m._on_freq_max = f.min(0).values.tolist(), f.max(0).values.tolist()
-        m._on_freq_mean = f.mean(0).tolist()
-        m.mean_active = float(sum(m._on_freq_mean))
+        m.on_freq_min, m.on_freq_max = f.min(0).values.tolist(), f.max(0).values.tolist()
+        m.on_freq_mean = f.mean(0).tolist()
+        m.mean_active = float(sum(m.on_freq_mean))
     return summary

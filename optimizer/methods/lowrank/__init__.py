@@ -32,10 +32,12 @@ Modules: ``module`` (LowRankLinear, rebuild, merge_for_export), ``svd``
 from ...compress.registry import register_method
 from .apply import apply, factorize_linears
 from .config import LowRankConfig
+from .export import export_form
 from .module import LowRankLinear, lowrank_structure, merge_for_export, rebuild
 
 register_method("lowrank", LowRankConfig, apply, rebuild,
-                description="activation-aware SVD + error compensation, mixed ranks under a params/MACs budget")
+                description="activation-aware SVD + error compensation, mixed ranks under a params/MACs budget",
+                export_form=export_form)
 
 __all__ = ["LowRankConfig", "LowRankLinear", "factorize_linears", "lowrank_structure", "merge_for_export",
            "rebuild", "apply"]

@@ -365,11 +365,10 @@ def apply(model, cfg: LowRankConfig, ctx) -> StepResult:
     model.eval().to(ctx.device)
     model, structure, report = factorize_linears(model, cfg, calibration_batches(ctx, model, cfg),
                                                  log=ctx.log, seed=ctx.seed)
-    if cfg.finetune_epochs > 0:
-        from ...distill import DistillConfig, recover
+    if cfg.recovery.enabled:
+        from ...distill import recover
         if ctx.teacher is None:
-            raise VitoptError("lowrank finetune_epochs > 0 needs the dense teacher (ctx.teacher)")
-        dcfg = DistillConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr)
-        report["finetune"] = recover(model, ctx.teacher, ctx, dcfg)
+            raise VitoptError("lowrank recovery needs the dense teacher (ctx.teacher)")
+        report["recovery"] = recover(model, ctx.teacher, ctx, cfg.recovery.distill_config())
         model.eval()
     return StepResult(model, structure, report)

@@ -41,10 +41,6 @@ def held_mask(start: int, batch: int, every: int) -> torch.Tensor:
     return (idx % every == every - 1) if every > 0 else torch.zeros(batch, dtype=torch.bool)
 
 
-def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
-    return x.detach().reshape(-1, in_features)
-
-
 def _split(x: torch.Tensor, mask: torch.Tensor):
     """Per-image rows of ``x`` (batch first) for the fitting and held-out images."""
     return x[~mask], x[mask]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-from ...compress.config import MethodConfig, check_positive, check_ratio
+from ...compress.config import MethodConfig, RecoveryConfig, check_positive, check_ratio
 
 LAYER_KINDS = ("qkv", "proj", "fc1", "fc2")
 SOLVERS = ("adam", "closed")
@@ -54,8 +54,8 @@ class LowRankConfig(MethodConfig):
     heldout_every     every k-th calibration image is held out for the reported errors (0: none)
     batch_size        calibration batch size
     merge             merge the two terms into one factor pair at the end (deployment form)
-    finetune_epochs   distillation epochs from the dense teacher after factorising (0: none)
-    finetune_lr       learning rate of that fine-tuning (None: the distillation trainer's default)
+    recovery          distillation fine-tune from the dense teacher after factorising (the shared
+                      RecoveryConfig; default: none)
     """
 
     params_ratio: Optional[float] = None
@@ -83,8 +83,7 @@ class LowRankConfig(MethodConfig):
     heldout_every: int = 8
     batch_size: int = 32
     merge: bool = True
-    finetune_epochs: float = 0.0
-    finetune_lr: Optional[float] = None
+    recovery: RecoveryConfig = dataclasses.field(default_factory=RecoveryConfig)
 
     def __post_init__(self):
         if sum(r is not None for r in (self.params_ratio, self.macs_ratio, self.latency_ratio)) != 1:
@@ -122,9 +121,8 @@ class LowRankConfig(MethodConfig):
         if self.heldout_every == 1:
             raise ValueError("heldout_every=1 would hold out every image; use 0 (none) or >= 2")
         check_positive("batch_size", self.batch_size)
-        check_positive("finetune_epochs", self.finetune_epochs, allow_zero=True)
-        if self.finetune_lr is not None:
-            check_positive("finetune_lr", self.finetune_lr)
+        if not isinstance(self.recovery, RecoveryConfig):
+            raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
 
     @property
     def budget_kind(self) -> str:

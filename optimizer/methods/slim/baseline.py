@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ...models.blocks import make_prunable
 from ...progress import progress
-from .search import SearchModel, SearchResult, TaylorMeter, _mask_dict
+from .search import SearchModel, SearchResult, TaylorMeter, mask_dict
 
 
 def magnitude_importance(model: nn.Module) -> SearchResult:
@@ -42,7 +42,7 @@ def taylor_importance(model: nn.Module, ctx, batch_size: int = 32, batches: int 
     sm = SearchModel(model, prune_tokens=False).to(ctx.device).eval()
     for p in sm.model.parameters():
         p.requires_grad_(False)
-    masks = _mask_dict(sm)
+    masks = mask_dict(sm)
     meter = TaylorMeter(sm)
     loader = ctx.calib_loader(model, batch_size, shuffle=True)
     done = 0

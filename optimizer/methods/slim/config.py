@@ -1,14 +1,13 @@
 """``SlimConfig``: what to search, how to rank, what budget to meet, how to recover."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
-from ...compress.config import MethodConfig, check_positive, check_ratio
+from ...compress.config import MethodConfig, RecoveryConfig, check_positive, check_ratio
 
 IMPORTANCES = ("learned", "taylor", "magnitude")
 RANKINGS = ("global", "per_type")
-RECOVERIES = ("auto", "logit", "manifold", "none")
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,8 @@ class SlimConfig(MethodConfig):
     types; "per_type" keeps the same fraction of each mask type by mask value (the paper's rule).
     Search defaults follow the paper (l1 weights 2e-4 / 5e-5 / 1e-4, AdamW, token z init 3) except
     ``mask_lr``: a short search (a few hundred steps instead of 50 epochs) needs larger steps.
-    Recovery: ``recovery_holdout`` of the calibration images are held out and the weights with the
+    Recovery (``recovery``, the RecoveryConfig every method shares): one epoch of manifold + logit
+    distillation; ``recovery.holdout`` of the calibration images are held out and the weights with the
     lowest KL to the teacher on them are kept (never worse than the unrecovered slice on them).
     """
 
@@ -51,13 +51,8 @@ class SlimConfig(MethodConfig):
     tau: float = 1.0
     checkpoint_every: int = 20
     baseline_batches: int = 8
-    # recovery
-    recovery: str = "auto"
-    recovery_epochs: float = 1.0
-    recovery_lr: float = 1e-4
-    recovery_batch_size: int = 32
-    recovery_augment: bool = True
-    recovery_holdout: float = 0.1
+    recovery: RecoveryConfig = field(default_factory=lambda: RecoveryConfig(
+        loss="manifold", epochs=1.0, lr=1e-4, batch_size=32, augment=True, holdout=0.1))
 
     def __post_init__(self):
         if (self.macs_ratio is None) == (self.params_ratio is None):
@@ -68,20 +63,18 @@ class SlimConfig(MethodConfig):
             raise ValueError(f"tolerance must be in (0, 0.5), got {self.tolerance!r}")
         if not isinstance(self.multiple, int) or self.multiple < 1:
             raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
-        for name, value, allowed in (("ranking", self.ranking, RANKINGS), ("importance", self.importance, IMPORTANCES),
-                                     ("recovery", self.recovery, RECOVERIES)):
+        for name, value, allowed in (("ranking", self.ranking, RANKINGS), ("importance", self.importance, IMPORTANCES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not (self.prune_attention or self.prune_mlp or self.prune_tokens):
             raise ValueError("nothing to prune: enable at least one of prune_attention, prune_mlp, prune_tokens")
         for name in ("w_attn", "w_mlp", "w_token", "weight_decay"):
             check_positive(name, getattr(self, name), allow_zero=True)
-        for name in ("lr", "mask_lr", "tau", "token_init", "recovery_lr", "epochs"):
+        for name in ("lr", "mask_lr", "tau", "token_init", "epochs"):
             check_positive(name, getattr(self, name))
-        check_positive("recovery_epochs", self.recovery_epochs, allow_zero=True)
-        if not isinstance(self.recovery_holdout, (int, float)) or not 0.0 <= self.recovery_holdout <= 0.5:
-            raise ValueError(f"recovery_holdout must be a fraction in [0, 0.5], got {self.recovery_holdout!r}")
-        for name in ("batch_size", "checkpoint_every", "baseline_batches", "recovery_batch_size"):
+        if not isinstance(self.recovery, RecoveryConfig):
+            raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
+        for name in ("batch_size", "checkpoint_every", "baseline_batches"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")

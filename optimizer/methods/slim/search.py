@@ -210,7 +210,8 @@ class TaylorMeter:
         return {k: v / c for k, v in self.acc.items()}
 
 
-def _mask_dict(sm: SearchModel) -> dict:
+def mask_dict(sm: SearchModel) -> dict:
+    """``{"attn.i" | "mlp.i" | "token": mask tensor}`` of a search model (saved and ranked by name)."""
     d = {f"attn.{i}": b.mask_attn for i, b in enumerate(sm.sblocks)}
     d.update({f"mlp.{i}": b.mask_mlp for i, b in enumerate(sm.sblocks)})
     if sm.token_z is not None:
@@ -264,7 +265,7 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
     loader0 = ctx.calib_loader(model, cfg.batch_size, shuffle=True)
     per_epoch = len(loader0)
     total = cfg.steps if cfg.steps is not None else max(1, int(math.ceil(cfg.epochs * per_epoch)))
-    masks = _mask_dict(sm)
+    masks = mask_dict(sm)
     for name, p in masks.items():
         on = {"attn": cfg.prune_attention, "mlp": cfg.prune_mlp, "token": cfg.prune_tokens}[name.split(".")[0]]
         p.requires_grad_(on)

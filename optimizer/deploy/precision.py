@@ -1,0 +1,59 @@
+"""The precision step: a small registry of graph precisions (fp32, fp16; int8 plugs in the same way).
+
+A precision converts the rule-cleaned fp32 graph and says how the parity gate judges the result:
+lossless ones at ``DeployOptions.atol``, lossy ones by their worst per-sample cosine to PyTorch.
+Adding one (e.g. ``int8``, converted with calibration images) is one ``register_precision`` call;
+no caller of the chain changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import VitoptError
+
+
+@dataclass(frozen=True)
+class Precision:
+    """name: the option value; convert: (fp32 proto, calibration ParityInputs) -> (proto, report dict);
+    min_cosine: None for a lossless precision (parity at atol), else the lossy gate; help: one line."""
+    name: str
+    convert: Callable
+    min_cosine: Optional[float]
+    help: str
+
+
+_PRECISIONS: dict = {}
+
+
+def register_precision(precision: Precision) -> Precision:
+    if precision.min_cosine is not None and not 0 < precision.min_cosine <= 1:
+        raise ValueError(f"min_cosine of precision {precision.name} must be in (0, 1], got {precision.min_cosine}")
+    _PRECISIONS[precision.name] = precision
+    return precision
+
+
+def get_precision(name: str) -> Precision:
+    if name not in _PRECISIONS:
+        raise VitoptError(f"unknown precision {name!r} (known: {', '.join(precision_names())})")
+    return _PRECISIONS[name]
+
+
+def precision_names() -> tuple:
+    return tuple(_PRECISIONS)
+
+
+def _fp32(proto, calib):
+    return proto, {}
+
+
+def _fp16(proto, calib):
+    from ..graph import convert_to_fp16, op_histogram
+    out = convert_to_fp16(proto, keep_io_types=True)
+    return out, {"ops": op_histogram(out)}
+
+
+register_precision(Precision("fp32", _fp32, None, "the exported graph's float32"))
+# 0.99: fp16 logits of a ViT stay within ~1e-3 cosine of fp32; below 0.99 something overflowed
+register_precision(Precision("fp16", _fp16, 0.99,
+                             "weights and compute in fp16 (LayerNorm/Softmax and graph I/O stay fp32)"))
