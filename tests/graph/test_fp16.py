@@ -117,3 +117,74 @@ def test_fp16_keeps_a_decomposed_layernorm_in_fp32(tmp_path):
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     res = compare_outputs(run_ort(proto, x), run_ort(f16, x), atol=float("inf"))
     assert res.cosine > TOLERANCES["fp16_min_cosine"]
+
+
+# ---- fp32 islands found by probing on inputs ------------------------------------------------
+
+def _scaled_graph():
+    """y = ((x * 1000) / 1000) + ((x + 30000) - 30000) for x ~ 150: an fp16 overflow (1.5e5 > 65504)
+    and an fp16 cancellation (fp16 spacing at 30000 is 16)."""
+    from onnx import helper
+    from tests.graph.graphs import const, f32, make_model
+    k, s = np.array(1000.0, np.float32), np.array(30000.0, np.float32)
+    nodes = [helper.make_node("Mul", ["x", "k"], ["big"]), helper.make_node("Div", ["big", "k"], ["back"]),
+             helper.make_node("Add", ["x", "s"], ["shifted"]), helper.make_node("Sub", ["shifted", "s"], ["small"]),
+             helper.make_node("Add", ["back", "small"], ["y"])]
+    return make_model(nodes, [f32("x", [None, 4])], [f32("y", [None, 4])], [const("k", k), const("s", s)])
+
+
+def test_probe_finds_overflow_and_cancellation():
+    from optimizer.graph.fp16_probe import probe_fp16
+    m = _scaled_graph()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(100, 200, (8, 4)).astype(np.float32)
+    probe = probe_fp16(m, x)
+    by_key = {n.key: n for n in probe.nodes}
+    assert by_key["big"].overflow and by_key["big"].reason == "overflow"       # 1e5 > 65504
+    assert by_key["back"].overflow                                             # reads the Inf
+    assert by_key["small"].reason == "error" and by_key["small"].rel_error > 1e-2
+    assert by_key["shifted"].keep_fp32 and by_key["shifted"].reason == "feeds small"
+    assert not by_key["y"].keep_fp32 and by_key["y"].rel_error < 1e-2
+    assert sorted(probe.kept) == ["back", "big", "shifted", "small"]
+    from onnx import TensorProto
+    # ONNX Runtime CPU runs these fp16 ops in fp32 internally, so the oracle is the tensor types that a
+    # strongly typed builder (TensorRT) obeys: the probed nodes' outputs stay FLOAT, the rest FLOAT16
+    blind, _ = _types(convert_to_fp16(m, fp32_ops=()))
+    probed = convert_to_fp16(m, fp32_ops=(), probe_inputs=x)
+    types, _ = _types(probed)
+    for t in ("big", "back", "shifted", "small"):
+        assert (blind[t], types[t]) == (TensorProto.FLOAT16, TensorProto.FLOAT), t
+    assert types["y_fp16"] == TensorProto.FLOAT16 and types["y"] == TensorProto.FLOAT
+    np.testing.assert_allclose(run_ort(probed, x), run_ort(m, x), rtol=2e-3)
+    meta = get_metadata(probed)
+    assert meta["vitopt.fp16_fp32_nodes"] == "back,big,shifted,small"
+    assert '"Mul": 1' in meta["vitopt.fp16_probe"] and '"Sub": 1' in meta["vitopt.fp16_probe"]
+
+
+def test_probe_on_a_vit_keeps_nothing_it_does_not_need(tmp_path):
+    """Native LayerNorm/Softmax graph on typical inputs: nothing overflows and every node's own fp16
+    error is at rounding level, so the probe-only conversion equals the all-fp16 one and stays
+    within the fp16 tolerance row."""
+    from optimizer.graph.fp16_probe import probe_fp16
+    from optimizer.tolerances import tolerance_for
+    from optimizer.runners.compare import compare_arrays
+    _, proto = exported_tiny(tmp_path, depth=2)
+    proto, _ = cleanup_graph(proto)
+    x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    probe = probe_fp16(proto, x, chunk=4)
+    assert probe.images == 6 and len(probe.nodes) > 20
+    assert probe.kept == [] and all(n.rel_error < 5e-3 for n in probe.nodes)
+    ops = {n.op for n in probe.nodes}
+    assert {"MatMul", "LayerNormalization", "Softmax"} <= ops and "Reshape" not in ops
+    f16 = convert_to_fp16(proto, fp32_ops=(), probe_inputs=x)
+    r = compare_arrays(run_ort(proto, x), run_ort(f16, x), tolerance_for("fp16"))
+    assert r["passed"], r["failures"]
+
+
+def test_probe_rejects_bad_inputs(tmp_path):
+    from optimizer.graph.fp16_probe import probe_fp16
+    _, proto = exported_tiny(tmp_path, depth=1)
+    with pytest.raises(VitoptError, match="float array"):
+        probe_fp16(proto, np.zeros((0, 3, 32, 32), np.float32))
+    with pytest.raises(VitoptError, match="tolerance must be positive"):
+        probe_fp16(proto, np.zeros((1, 3, 32, 32), np.float32), tolerance=0)
