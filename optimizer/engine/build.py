@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import VitoptError
-from .builders import import_builder, make_logger, parse_builder_log
+from .builders import import_builder, make_logger, parse_builder_log, parse_layer_info
 
 SIDECAR_FORMAT = "vitopt-engine"
 SIDECAR_VERSION = 1
@@ -154,7 +154,8 @@ def _engine_facts(trt, logger, data: bytes) -> Optional[dict]:
 
 def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: bool = False, *,
                      builder: Optional[str] = None, opt_batch: Optional[int] = None,
-                     workspace_mib: Optional[int] = None, verbose: bool = False) -> BuiltEngine:
+                     workspace_mib: Optional[int] = None, verbose: bool = False,
+                     layer_info: bool = False) -> BuiltEngine:
     """Parse ``onnx_path`` and build one engine covering ``batch_sizes`` (dynamic batch axis 0).
 
     Args:
@@ -165,6 +166,10 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
         opt_batch: explicit opt batch instead of the median.
         workspace_mib: cap on the builder's workspace pool.
         verbose: echo the builder's INFO messages to stderr (warnings are always echoed).
+        layer_info: ask the builder for its per-layer report (DETAILED profiling verbosity, kept
+            from the VERBOSE log; the engine bytes are the same) and record ``info["layers"]``:
+            layer count, distinct kernels and the bytes of the constants the layers read
+            (``parse_layer_info``) — where an engine's bytes go besides weights.
 
     Returns: BuiltEngine(data, info) — ``save_engine`` writes both.
     Raises: VitoptError (MissingDependency when no builder imports) with a one-line reason.
@@ -181,7 +186,8 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
     trt, name = import_builder(builder)
     payload, precision, precision_note = _load_onnx_bytes(onnx_path, fp16)
 
-    logger = make_logger(trt, echo_min="INFO" if verbose else "WARNING")
+    logger = make_logger(trt, echo_min="INFO" if verbose else "WARNING",
+                         keep_min="VERBOSE" if layer_info else "INFO")
     t0 = time.perf_counter()
     b = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -200,6 +206,8 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
                           f"to build for batches {batches}")
     dims = {k: [bb] + shape[1:] for k, bb in (("min", batches[0]), ("opt", opt), ("max", batches[-1]))}
     config = b.create_builder_config()
+    if layer_info:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     profile = b.create_optimization_profile()
@@ -252,6 +260,8 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
         "gpu": (facts or {}).get("gpu"),
         "warnings": logger.texts("WARNING")[:20],
     }
+    if layer_info:
+        info["layers"] = parse_layer_info(logger.texts("VERBOSE"))
     return BuiltEngine(data, info)
 
 
