@@ -8,8 +8,11 @@ from optimizer.errors import VitoptError
 from optimizer.export import compare_outputs, get_metadata
 from optimizer.graph import cleanup_graph, convert_to_fp16, op_histogram
 from optimizer.graph.cleanup import infer_shapes
-from tests.export.models import TOLERANCES, run_ort
+from optimizer.tolerances import tolerance_for
+from tests.export.models import run_ort
 from tests.graph.graphs import exported_tiny
+
+FP16 = tolerance_for("fp16")  # the product's fp16 row: min cosine, min top-1 agreement
 
 
 def _types(proto):
@@ -45,8 +48,8 @@ def test_fp16_close_to_fp32_with_fp32_io(tmp_path, dynamo):
     ref, got = run_ort(proto, x), run_ort(f16, x)
     assert got.dtype == np.float32
     res = compare_outputs(ref, got, atol=float("inf"))
-    assert res.cosine > TOLERANCES["fp16_min_cosine"]
-    assert res.top1_agreement >= TOLERANCES["fp16_min_top1_agreement"]
+    assert res.cosine > FP16.min_cosine
+    assert res.top1_agreement >= FP16.min_top1_agreement
     assert 0 < res.max_abs_diff < 0.05  # really fp16 (not a no-op), and not broken
 
 
@@ -60,7 +63,7 @@ def test_fp16_without_io_casts(tmp_path):
     out = run_ort(f16, x)
     assert out.dtype == np.float16
     ref = run_ort(proto, x.astype(np.float32))
-    assert compare_outputs(ref, out, atol=float("inf")).cosine > TOLERANCES["fp16_min_cosine"]
+    assert compare_outputs(ref, out, atol=float("inf")).cosine > FP16.min_cosine
 
 
 def test_fp16_refuses_twice_and_integer_graphs(tmp_path):
@@ -116,7 +119,7 @@ def test_fp16_keeps_a_decomposed_layernorm_in_fp32(tmp_path):
     assert sqrt_inputs and all(p.op_type == "Add" and types[p.output[0]] == TensorProto.FLOAT for p in sqrt_inputs)
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     res = compare_outputs(run_ort(proto, x), run_ort(f16, x), atol=float("inf"))
-    assert res.cosine > TOLERANCES["fp16_min_cosine"]
+    assert res.cosine > FP16.min_cosine
 
 
 # ---- fp32 islands found by probing on inputs ------------------------------------------------
