@@ -17,6 +17,10 @@ Variants (weights are not trained here: sizes depend on shapes, not values):
   gates_data_k    USDC gates on DeiT-Tiny (group 32, gate nets seeded), K counted in the graph
   gates_fixed_k   the same model exported with each module's calibrated mean K (static shapes)
 
+Each ONNX file is built twice: for the builder's default set of GPU architectures and for one
+(``--compute-capability``, default SM89), which shows how much of "engine other" is per-architecture
+kernel code.
+
 Writes benchmarks/results/engine_size.{json,md}.
 """
 from __future__ import annotations
@@ -108,7 +112,8 @@ def initializer_bytes(path: Path) -> int:
     return int(sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(path)).graph.initializer))
 
 
-def measure(name: str, work: Path) -> dict:
+def measure(name: str, work: Path, capabilities: list) -> list:
+    """One row per compute-capability setting (None = the builder's default set of GPU architectures)."""
     from optimizer.engine import engine_from_onnx
     model = {"dense": dense_model, "gates_data_k": gated_model, "gates_fixed_k": gated_model}.get(
         name, lambda: slim_model(name))()
@@ -117,16 +122,22 @@ def measure(name: str, work: Path) -> dict:
     t0 = time.perf_counter()
     export(name, model, path)
     export_s = time.perf_counter() - t0
-    built = engine_from_onnx(path, BATCHES, builder="tensorrt_rtx", layer_info=True)
-    mem, layers = built.info["memory"], built.info.get("layers") or {}
-    return {"variant": name, "params": params, "params_bytes": 4 * params, "onnx_bytes": path.stat().st_size,
-            "onnx_initializer_bytes": initializer_bytes(path), "engine_bytes": built.size_bytes,
-            "engine_weights_bytes": mem["weights_bytes"], "activation_bytes": mem["activation_bytes"],
-            "engine_other_bytes": built.size_bytes - (mem["weights_bytes"] or 0),
-            "layers": layers.get("layers"), "kernels": layers.get("kernels"),
-            "layer_constant_bytes": layers.get("constant_bytes"), "layer_types": layers.get("layer_types"),
-            "export_s": round(export_s, 1), "build_s": built.info["build_seconds"],
-            "builder": built.info["builder"]}
+    rows = []
+    for cc in capabilities:
+        built = engine_from_onnx(path, BATCHES, builder="tensorrt_rtx", layer_info=True, compute_capability=cc)
+        mem, layers = built.info["memory"], built.info.get("layers") or {}
+        rows.append({"variant": name, "compute_capability": built.info["compute_capability"], "params": params,
+                     "params_bytes": 4 * params, "onnx_bytes": path.stat().st_size,
+                     "onnx_initializer_bytes": initializer_bytes(path), "engine_bytes": built.size_bytes,
+                     "engine_weights_bytes": mem["weights_bytes"], "activation_bytes": mem["activation_bytes"],
+                     "engine_other_bytes": built.size_bytes - (mem["weights_bytes"] or 0),
+                     # embedded kernel binaries: ELF images (cubins) in the serialized plan
+                     "elf_images": built.data.count(b"\x7fELF"),
+                     "layers": layers.get("layers"), "kernels": layers.get("kernels"),
+                     "layer_constant_bytes": layers.get("constant_bytes"), "layer_types": layers.get("layer_types"),
+                     "export_s": round(export_s, 1), "build_s": built.info["build_seconds"],
+                     "builder": built.info["builder"]})
+    return rows
 
 
 def git_commit() -> str:
@@ -139,18 +150,20 @@ def git_commit() -> str:
 
 def to_markdown(res: dict) -> str:
     rows = res["rows"]
-    dense = next((r for r in rows if r["variant"] == "dense"), None)
+    dense = {r["compute_capability"]: r for r in rows if r["variant"] == "dense"}
     mb = lambda b: "-" if b is None else f"{b / 1e6:.2f}"  # noqa: E731
     out = ["# TensorRT engine size per variant (DeiT-Tiny, TensorRT for RTX, fp32, batch 1/8/32)", "",
            f"Command: `{res['command']}`  ", f"Commit: `{res['commit']}`  ",
            f"Environment: {res['environment_line']}", "",
-           "| variant | params MB | ONNX MB | engine MB | engine weights MB | engine other MB | activation MB "
-           "| layers | distinct kernels | engine / dense |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| variant | GPU archs | params MB | ONNX MB | engine MB | engine weights MB | engine other MB "
+           "| activation MB | layers | distinct kernels | ELF images | engine / dense |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{r['engine_bytes'] / dense['engine_bytes']:.3f}" if dense else "-"
-        out.append(f"| {r['variant']} | {mb(r['params_bytes'])} | {mb(r['onnx_bytes'])} | {mb(r['engine_bytes'])} "
-                   f"| {mb(r['engine_weights_bytes'])} | {mb(r['engine_other_bytes'])} | {mb(r['activation_bytes'])} "
-                   f"| {r['layers']} | {r['kernels']} | {ratio} |")
+        d = dense.get(r["compute_capability"])
+        ratio = f"{r['engine_bytes'] / d['engine_bytes']:.3f}" if d else "-"
+        out.append(f"| {r['variant']} | {r['compute_capability']} | {mb(r['params_bytes'])} | {mb(r['onnx_bytes'])} "
+                   f"| {mb(r['engine_bytes'])} | {mb(r['engine_weights_bytes'])} | {mb(r['engine_other_bytes'])} "
+                   f"| {mb(r['activation_bytes'])} | {r['layers']} | {r['kernels']} | {r['elf_images']} | {ratio} |")
     out += ["", "engine other = engine bytes - the builder log's 'Total Weights Memory'; distinct kernels = "
             "distinct tactic / generated-kernel names in the builder's per-layer report (DETAILED profiling "
             "verbosity).", ""]
@@ -163,6 +176,8 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default="benchmarks/results/engine_size", help="results path without suffix")
     ap.add_argument("--work", default=None, help="folder for the ONNX files (default: a temporary one)")
+    ap.add_argument("--compute-capability", default="SM89",
+                    help="also build for this one GPU architecture (TensorRT for RTX name; 'none': default set only)")
     args = ap.parse_args()
     from optimizer.bench.environment import environment
     from optimizer.fileio import write_json, write_text
@@ -170,14 +185,16 @@ def main() -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
+    ccs = [None] + ([] if args.compute_capability.lower() == "none" else [args.compute_capability])
     rows = []
     with tempfile.TemporaryDirectory(prefix="engine-size-") as td:
         work = Path(args.work or td)
         work.mkdir(parents=True, exist_ok=True)
         for name in names:
             print(f"{name} ...", file=sys.stderr, flush=True)
-            rows.append(measure(name, work))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "layer_types"}), file=sys.stderr)
+            for row in measure(name, work, ccs):
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "layer_types"}), file=sys.stderr, flush=True)
     env = environment()
     res = {"command": "python benchmarks/engine_size.py " + " ".join(sys.argv[1:]), "commit": git_commit(),
            "environment": env,

@@ -152,10 +152,21 @@ def _engine_facts(trt, logger, data: bytes) -> Optional[dict]:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+def _set_compute_capability(trt, name: str, config, cc: str) -> None:
+    known = [k for k in getattr(getattr(trt, "ComputeCapability", None), "__members__", {})
+             if k not in ("NONE", "CURRENT")]
+    if not known:
+        raise VitoptError(f"{name} {trt.__version__} cannot target a compute capability (a TensorRT for RTX option)")
+    if str(cc).upper() not in known:
+        raise VitoptError(f"unknown compute capability {cc!r}: {name} knows {', '.join(known)}")
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(getattr(trt.ComputeCapability, str(cc).upper()), 0)
+
+
 def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: bool = False, *,
                      builder: Optional[str] = None, opt_batch: Optional[int] = None,
                      workspace_mib: Optional[int] = None, verbose: bool = False,
-                     layer_info: bool = False) -> BuiltEngine:
+                     layer_info: bool = False, compute_capability: Optional[str] = None) -> BuiltEngine:
     """Parse ``onnx_path`` and build one engine covering ``batch_sizes`` (dynamic batch axis 0).
 
     Args:
@@ -170,6 +181,9 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
             from the VERBOSE log; the engine bytes are the same) and record ``info["layers"]``:
             layer count, distinct kernels and the bytes of the constants the layers read
             (``parse_layer_info``) — where an engine's bytes go besides weights.
+        compute_capability: TensorRT for RTX only: build kernels for this GPU architecture alone
+            (e.g. "SM89"; the builder's names, ``tensorrt_rtx.ComputeCapability``) instead of its
+            default set; the engine then runs on that architecture only.
 
     Returns: BuiltEngine(data, info) — ``save_engine`` writes both.
     Raises: VitoptError (MissingDependency when no builder imports) with a one-line reason.
@@ -208,6 +222,8 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
     config = b.create_builder_config()
     if layer_info:
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if compute_capability is not None:
+        _set_compute_capability(trt, name, config, compute_capability)
     if workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     profile = b.create_optimization_profile()
@@ -250,6 +266,7 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
         "onnx": str(onnx_path),
         "builder": {"package": name, "version": trt.__version__},
         "precision": precision, "precision_note": precision_note, "strongly_typed": True,
+        "compute_capability": str(compute_capability).upper() if compute_capability else "builder default",
         "profile": {"input": inp.name, "batch_sizes": batches, "opt_rule": "explicit" if opt_batch else "median",
                     **dims},
         "engine_size_bytes": len(data),

@@ -157,3 +157,23 @@ def test_layer_info_accounts_for_the_weights(tiny_onnx):
     assert 0.95 * 4 * n_params <= layers["constant_bytes"] <= 1.05 * 4 * n_params
     plain = engine_from_onnx(tiny_onnx, (1, 4))
     assert "layers" not in plain.info and plain.size_bytes == built.size_bytes
+
+
+@pytest.mark.trt
+@needs_builder
+def test_one_compute_capability(tiny_onnx):
+    """Kernels for one GPU architecture instead of the builder's default set: the weights are the
+    same, the file is no larger; unknown names are one-line errors."""
+    import importlib
+    trt = importlib.import_module(BUILDER)
+    if not hasattr(trt, "ComputeCapability"):
+        with pytest.raises(VitoptError, match="cannot target a compute capability"):
+            engine_from_onnx(tiny_onnx, (1, 4), compute_capability="SM89")
+        return
+    with pytest.raises(VitoptError, match="unknown compute capability 'SM1'"):
+        engine_from_onnx(tiny_onnx, (1, 4), compute_capability="SM1")
+    default = engine_from_onnx(tiny_onnx, (1, 4))
+    one = engine_from_onnx(tiny_onnx, (1, 4), compute_capability="sm89")
+    assert (default.info["compute_capability"], one.info["compute_capability"]) == ("builder default", "SM89")
+    assert one.size_bytes <= default.size_bytes
+    assert one.info["memory"]["weights_bytes"] == default.info["memory"]["weights_bytes"]
