@@ -131,8 +131,6 @@ def measure(name: str, work: Path, capabilities: list) -> list:
                      "onnx_initializer_bytes": initializer_bytes(path), "engine_bytes": built.size_bytes,
                      "engine_weights_bytes": mem["weights_bytes"], "activation_bytes": mem["activation_bytes"],
                      "engine_other_bytes": built.size_bytes - (mem["weights_bytes"] or 0),
-                     # embedded kernel binaries: ELF images (cubins) in the serialized plan
-                     "elf_images": built.data.count(b"\x7fELF"),
                      "layers": layers.get("layers"), "kernels": layers.get("kernels"),
                      "layer_constant_bytes": layers.get("constant_bytes"), "layer_types": layers.get("layer_types"),
                      "export_s": round(export_s, 1), "build_s": built.info["build_seconds"],
@@ -156,14 +154,14 @@ def to_markdown(res: dict) -> str:
            f"Command: `{res['command']}`  ", f"Commit: `{res['commit']}`  ",
            f"Environment: {res['environment_line']}", "",
            "| variant | GPU archs | params MB | ONNX MB | engine MB | engine weights MB | engine other MB "
-           "| activation MB | layers | distinct kernels | ELF images | engine / dense |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| activation MB | layers | distinct kernels | engine / dense |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = dense.get(r["compute_capability"])
         ratio = f"{r['engine_bytes'] / d['engine_bytes']:.3f}" if d else "-"
         out.append(f"| {r['variant']} | {r['compute_capability']} | {mb(r['params_bytes'])} | {mb(r['onnx_bytes'])} "
                    f"| {mb(r['engine_bytes'])} | {mb(r['engine_weights_bytes'])} | {mb(r['engine_other_bytes'])} "
-                   f"| {mb(r['activation_bytes'])} | {r['layers']} | {r['kernels']} | {r['elf_images']} | {ratio} |")
+                   f"| {mb(r['activation_bytes'])} | {r['layers']} | {r['kernels']} | {ratio} |")
     out += ["", "engine other = engine bytes - the builder log's 'Total Weights Memory'; distinct kernels = "
             "distinct tactic / generated-kernel names in the builder's per-layer report (DETAILED profiling "
             "verbosity).", ""]

@@ -42,7 +42,10 @@ def ort_session(onnx_path, threads: Optional[int] = None, allow_spinning: bool =
 
 
 def compare_outputs(ref, out, atol: float) -> ParityResult:
-    """Max abs diff, worst per-sample cosine and argmax agreement of two (N, ...) arrays; passed = max |diff| <= atol."""
+    """Max abs diff, worst per-sample cosine and argmax agreement of two (N, ...) arrays.
+
+    ``passed``: every value finite and max |diff| <= ``atol`` (the export gate's lossless check).
+    """
     from ..runners.compare import compare_arrays
     from ..tolerances import Tolerance
     try:
