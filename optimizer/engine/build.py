@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import VitoptError
-from .builders import import_builder, make_logger, parse_builder_log
+from .builders import import_builder, make_logger, parse_builder_log, parse_layer_info
 
 SIDECAR_FORMAT = "vitopt-engine"
 SIDECAR_VERSION = 1
@@ -152,9 +152,21 @@ def _engine_facts(trt, logger, data: bytes) -> Optional[dict]:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+def _set_compute_capability(trt, name: str, config, cc: str) -> None:
+    known = [k for k in getattr(getattr(trt, "ComputeCapability", None), "__members__", {})
+             if k not in ("NONE", "CURRENT")]
+    if not known:
+        raise VitoptError(f"{name} {trt.__version__} cannot target a compute capability (a TensorRT for RTX option)")
+    if str(cc).upper() not in known:
+        raise VitoptError(f"unknown compute capability {cc!r}: {name} knows {', '.join(known)}")
+    config.num_compute_capabilities = 1
+    config.set_compute_capability(getattr(trt.ComputeCapability, str(cc).upper()), 0)
+
+
 def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: bool = False, *,
                      builder: Optional[str] = None, opt_batch: Optional[int] = None,
-                     workspace_mib: Optional[int] = None, verbose: bool = False) -> BuiltEngine:
+                     workspace_mib: Optional[int] = None, verbose: bool = False,
+                     layer_info: bool = False, compute_capability: Optional[str] = None) -> BuiltEngine:
     """Parse ``onnx_path`` and build one engine covering ``batch_sizes`` (dynamic batch axis 0).
 
     Args:
@@ -165,6 +177,13 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
         opt_batch: explicit opt batch instead of the median.
         workspace_mib: cap on the builder's workspace pool.
         verbose: echo the builder's INFO messages to stderr (warnings are always echoed).
+        layer_info: ask the builder for its per-layer report (DETAILED profiling verbosity, kept
+            from the VERBOSE log; the engine bytes are the same) and record ``info["layers"]``:
+            layer count, distinct kernels and the bytes of the constants the layers read
+            (``parse_layer_info``) — where an engine's bytes go besides weights.
+        compute_capability: TensorRT for RTX only: build kernels for this GPU architecture alone
+            (e.g. "SM89"; the builder's names, ``tensorrt_rtx.ComputeCapability``) instead of its
+            default set; the engine then runs on that architecture only.
 
     Returns: BuiltEngine(data, info) — ``save_engine`` writes both.
     Raises: VitoptError (MissingDependency when no builder imports) with a one-line reason.
@@ -181,7 +200,8 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
     trt, name = import_builder(builder)
     payload, precision, precision_note = _load_onnx_bytes(onnx_path, fp16)
 
-    logger = make_logger(trt, echo_min="INFO" if verbose else "WARNING")
+    logger = make_logger(trt, echo_min="INFO" if verbose else "WARNING",
+                         keep_min="VERBOSE" if layer_info else "INFO")
     t0 = time.perf_counter()
     b = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -200,6 +220,10 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
                           f"to build for batches {batches}")
     dims = {k: [bb] + shape[1:] for k, bb in (("min", batches[0]), ("opt", opt), ("max", batches[-1]))}
     config = b.create_builder_config()
+    if layer_info:
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if compute_capability is not None:
+        _set_compute_capability(trt, name, config, compute_capability)
     if workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     profile = b.create_optimization_profile()
@@ -242,6 +266,7 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
         "onnx": str(onnx_path),
         "builder": {"package": name, "version": trt.__version__},
         "precision": precision, "precision_note": precision_note, "strongly_typed": True,
+        "compute_capability": str(compute_capability).upper() if compute_capability else "builder default",
         "profile": {"input": inp.name, "batch_sizes": batches, "opt_rule": "explicit" if opt_batch else "median",
                     **dims},
         "engine_size_bytes": len(data),
@@ -252,6 +277,8 @@ def engine_from_onnx(onnx_path, batch_sizes: Sequence[int] = (1, 8, 32), fp16: b
         "gpu": (facts or {}).get("gpu"),
         "warnings": logger.texts("WARNING")[:20],
     }
+    if layer_info:
+        info["layers"] = parse_layer_info(logger.texts("VERBOSE"))
     return BuiltEngine(data, info)
 
 

@@ -113,3 +113,42 @@ def parse_builder_log(messages) -> dict:
     out["engine_generation_seconds"] = float(gen[-1]) if gen else None
     out["missing"] = [k for k in ("weights_bytes", "activation_bytes") if out[k] is None]
     return out
+
+
+# One line per engine layer, printed at VERBOSE when the builder config asks for DETAILED profiling
+# verbosity (TensorRT 10 / TensorRT for RTX 1.x): "Name: L, LayerType: T, Inputs: [...], Constants: [...],
+# Outputs: [...], TacticName: K, ...".
+_LAYER = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), .*?Constants: \[(?P<consts>.*?)\], "
+                    r"Outputs: .*?TacticName: (?P<tactic>[^,]*),")
+_CONST = re.compile(r"\{ Name: (?P<name>[^,]+), Dimensions: \[(?P<dims>[^\]]*)\].*?Datatype: (?P<dtype>\w+)")
+_DTYPE_BYTES = {"Float": 4, "Half": 2, "BFloat16": 2, "Int32": 4, "Int64": 8, "Int8": 1, "UInt8": 1, "Bool": 1,
+                "FP8": 1, "Int4": 0.5}
+
+
+def parse_layer_info(messages) -> Optional[dict]:
+    """What the engine is made of, from the builder's per-layer lines; None when the log has none.
+
+    Returns ``layers`` (count), ``layer_types`` (count per type), ``kernels`` (distinct tactic /
+    generated-kernel names: code the engine file carries once each) and ``constant_bytes`` (bytes of
+    the distinct constants the layers read, by name: the weights as the engine lays them out).
+    """
+    layers, types, tactics, consts = 0, {}, set(), {}
+    lines = (line for m in messages for line in str(m).splitlines())  # one message holds every layer
+    for m in lines:
+        hit = _LAYER.match(m)
+        if not hit:
+            continue
+        layers += 1
+        types[hit["type"]] = types.get(hit["type"], 0) + 1
+        if hit["tactic"].strip():
+            tactics.add(hit["tactic"].strip())
+        for c in _CONST.finditer(hit["consts"]):
+            n = 1
+            for d in c["dims"].split(","):
+                if d.strip():
+                    n *= max(int(d), 1)
+            consts[c["name"]] = n * _DTYPE_BYTES.get(c["dtype"], 4)
+    if not layers:
+        return None
+    return {"layers": layers, "layer_types": dict(sorted(types.items())), "kernels": len(tactics),
+            "constant_bytes": int(sum(consts.values())), "constants": len(consts)}

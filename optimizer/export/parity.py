@@ -1,7 +1,11 @@
-"""Numerical parity between a PyTorch model and its ONNX export, run in ONNX Runtime."""
+"""Numerical parity between a PyTorch model and its ONNX export, run in ONNX Runtime.
+
+Thin on purpose: sessions come from ``optimizer.runners.ort_runner.ort_session`` (through
+``OrtRunner``) and the figures from ``optimizer.runners.compare.compare_arrays``; this module
+only shapes them into the ``ParityResult`` the export chain records.
+"""
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -26,46 +30,32 @@ class ParityResult:
                 + ("PASS" if self.passed else "FAIL"))
 
 
-def ort_session(onnx_path, threads: Optional[int] = None, allow_spinning: bool = False):
-    """CPU ONNX Runtime session with explicit threads and (by default) no spin-waiting.
+def _torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
 
-    Spinning threads burn the CPU between runs and distort timings on shared machines.
-    """
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    if threads is None:
-        import torch
-        threads = torch.get_num_threads()
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if allow_spinning else "0")
-    so.log_severity_level = 3
-    if not os.path.isfile(onnx_path):
-        raise VitoptError(f"ONNX file not found: {onnx_path}")
-    try:
-        return ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types for invalid graphs
-        msg = str(e).strip().splitlines()
-        raise VitoptError(f"ONNX Runtime cannot load {onnx_path}: {msg[0] if msg else type(e).__name__}") from None
+
+def ort_session(onnx_path, threads: Optional[int] = None, allow_spinning: bool = False):
+    """CPU ONNX Runtime session (``ort_runner.ort_session``) with torch's thread count by default."""
+    from ..runners.ort_runner import ort_session as _session
+    return _session(onnx_path, threads=threads or _torch_threads(), allow_spinning=allow_spinning)
 
 
 def compare_outputs(ref, out, atol: float) -> ParityResult:
-    """Max abs diff, worst per-sample cosine and argmax agreement of two (N, ...) arrays."""
-    import numpy as np
-    ref = np.asarray(ref, dtype=np.float64)
-    out = np.asarray(out, dtype=np.float64)
-    if ref.shape != out.shape:
-        raise VitoptError(f"output shapes differ: PyTorch {ref.shape} vs ONNX {out.shape}")
-    n = ref.shape[0]
-    a, b = ref.reshape(n, -1), out.reshape(n, -1)
-    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, np.sum(a * b, axis=1) / np.maximum(den, 1e-300), 1.0)
-    agree = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1))) if a.size else 1.0
-    finite = bool(np.all(np.isfinite(b)))
-    return ParityResult(diff if finite else float("inf"), float(np.min(cos)) if finite else float("nan"),
-                        finite and diff <= atol, float(atol), int(n), agree)
+    """Max abs diff, worst per-sample cosine and argmax agreement of two (N, ...) arrays.
+
+    ``passed``: every value finite and max |diff| <= ``atol`` (the export gate's lossless check).
+    """
+    from ..runners.compare import compare_arrays
+    from ..tolerances import Tolerance
+    try:
+        r = compare_arrays(ref, out, Tolerance("parity", atol=atol, rtol=0.0, check_error_stat="max"))
+    except VitoptError as e:
+        raise VitoptError(f"output shapes differ: PyTorch vs ONNX {e}") from None
+    finite = r["finite"]
+    return ParityResult(r["max_abs"] if finite else float("inf"), r["min_sample_cosine"], r["passed"],
+                        float(atol), int(r["shape"][0]) if r["shape"] else 1,
+                        r["top1_agreement"] if r["top1_agreement"] is not None else 1.0)
 
 
 def check_parity(model, onnx_path, inputs, atol: float = 1e-4, raise_on_fail: bool = True,
@@ -84,16 +74,16 @@ def check_parity(model, onnx_path, inputs, atol: float = 1e-4, raise_on_fail: bo
     """
     import numpy as np
     import torch
+    from ..runners.ort_runner import OrtRunner
     if atol <= 0:
         raise VitoptError(f"atol must be positive, got {atol}")
-    sess = ort_session(onnx_path, threads=threads)
     x = inputs.detach().float().cpu().contiguous()
-    feed_name = sess.get_inputs()[0].name
+    with OrtRunner(onnx_path, threads=threads or _torch_threads()) as runner:
+        out = runner.infer({runner.input_name: x.numpy().astype(np.float32)})[runner.output_names[0]]
     with torch.no_grad():
         p = next(iter(model.parameters()), None)
         ref = model.eval()(x.to(p.device) if p is not None else x)
     ref = ref.detach().float().cpu().numpy()
-    out = sess.run(None, {feed_name: x.numpy().astype(np.float32)})[0]
     res = compare_outputs(ref, out, atol)
     if not res.passed and raise_on_fail:
         raise VitoptError(f"ONNX output differs from PyTorch: {res} ({onnx_path})")

@@ -35,10 +35,13 @@ _REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Sqrt", "Reciprocal", "Pow", "Neg", "Abs", "Max", "Min"})
 
 
-def _fp32_nodes(nodes, keep32) -> set:
-    """ids of nodes computed in fp32: ``keep32`` ops plus elementwise ops downstream of reductions."""
+def _fp32_nodes(nodes, keep32, keep_keys=frozenset()) -> set:
+    """ids of nodes computed in fp32: ``keep32`` ops, nodes whose first output is in ``keep_keys``
+    (found by the probe), plus elementwise ops downstream of reductions."""
     fp32, spread = set(), set()
     for node in nodes:  # topological order
+        if node.outputs and node.outputs[0].name in keep_keys:
+            fp32.add(id(node))
         if node.op in keep32:
             fp32.add(id(node))
             if node.op in _REDUCTIONS:
@@ -65,17 +68,24 @@ def _is_f32(dtype) -> bool:
     return _np_dtype_ok(dtype) and np.dtype(dtype) == np.float32
 
 
-def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[Iterable[str]] = None):
+def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[Iterable[str]] = None,
+                    probe_inputs=None, probe_tolerance: Optional[float] = None,
+                    fp32_nodes: Optional[Iterable[str]] = None):
     """Return an FP16 copy of ``model_proto`` (the input is not modified).
 
     Args:
         model_proto: float32 ``onnx.ModelProto``.
         keep_io_types: keep float32 graph inputs/outputs, with Casts at the boundary (default).
-        fp32_ops: op types kept in float32 (default ``FP32_OPS``).
+        fp32_ops: op types kept in float32 (default ``FP32_OPS``; ``()`` keeps none by type).
+        probe_inputs: real inputs (N, ...); when given, ``fp16_probe.probe_fp16`` checks every node
+            in fp16 on them and the ones that overflow or lose more than ``probe_tolerance`` stay
+            fp32 too (recorded in the ``vitopt.fp16_probe`` / ``vitopt.fp16_fp32_nodes`` metadata).
+        probe_tolerance: the probe's relative-error limit (default ``fp16_probe.PROBE_TOLERANCE``).
+        fp32_nodes: first-output names of nodes to keep fp32 (e.g. ``probe_fp16(...).kept``).
 
     Raises VitoptError when the graph has no float32 tensors to convert or the result is invalid.
 
-    Example: ``fp16 = convert_to_fp16(onnx.load("m.onnx"))``
+    Example: ``fp16 = convert_to_fp16(onnx.load("m.onnx"), probe_inputs=val_images[:8])``
     """
     import onnx
     import onnx_graphsurgeon as gs
@@ -85,6 +95,13 @@ def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[
     for p in model_proto.metadata_props:
         if p.key == "vitopt.precision" and p.value == "fp16":
             raise VitoptError("model is already converted to fp16")
+    keep_keys = set(fp32_nodes or ())
+    probe = None
+    if probe_inputs is not None:
+        from .fp16_probe import PROBE_TOLERANCE, probe_fp16
+        probe = probe_fp16(model_proto, probe_inputs,
+                           tolerance=PROBE_TOLERANCE if probe_tolerance is None else probe_tolerance)
+        keep_keys |= set(probe.kept)
     graph = gs.import_onnx(infer_shapes(model_proto))
     graph.toposort()
 
@@ -124,7 +141,7 @@ def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[
                 t.dtype = np.float16
     # decide each node's precision and retype its outputs
     converted = 0
-    fp32_ids = _fp32_nodes(graph.nodes, keep32)
+    fp32_ids = _fp32_nodes(graph.nodes, keep32, frozenset(keep_keys))
     for node in list(graph.nodes):
         fp32 = id(node) in fp32_ids
         want = np.float32 if fp32 else np.float16
@@ -180,6 +197,10 @@ def convert_to_fp16(model_proto, keep_io_types: bool = True, fp32_ops: Optional[
     set_metadata(out, {"vitopt.precision": "fp16", "vitopt.fp16_keep_io_types": str(bool(keep_io_types)).lower(),
                        "vitopt.fp16_fp32_ops": ",".join(sorted(keep32)),
                        "vitopt.fp16_clipped_weights": clipped[0]})
+    if keep_keys:
+        set_metadata(out, {"vitopt.fp16_fp32_nodes": ",".join(sorted(keep_keys))})
+    if probe is not None:
+        set_metadata(out, {"vitopt.fp16_probe": probe.summary()})
     try:
         onnx.checker.check_model(out)
     except onnx.checker.ValidationError as e:

@@ -71,6 +71,39 @@ def onnx_precision(path: str | os.PathLike) -> str:
         if count[best] else "fp32"
 
 
+def ort_session(onnx_path: str | os.PathLike, threads: int, allow_spinning: bool = False,
+                providers: Optional[Sequence] = None):
+    """The one place an ``onnxruntime.InferenceSession`` is created (runners, parity, probes).
+
+    Args:
+        onnx_path: ONNX file, or a serialized model as ``bytes``.
+        threads: intra-op threads (explicit: ORT's default is every physical core); inter-op is 1.
+        allow_spinning: let idle workers spin (off: spinning burns the cores between runs).
+        providers: provider names or (name, options) pairs; default CPU.
+    Raises VitoptError (one line) for a missing file or a model ONNX Runtime cannot load.
+    Example: ``sess = ort_session("m.onnx", threads=2)``
+    """
+    ort = _ort()
+    if threads is None or int(threads) < 1:
+        raise VitoptError(f"threads must be a positive integer, got {threads!r}")
+    source = onnx_path if isinstance(onnx_path, bytes) else str(require_file(onnx_path, "ONNX model"))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    flag = "1" if allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", flag)
+    so.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    so.log_severity_level = 3  # warnings about unused initializers are noise here
+    where = "the given model" if isinstance(onnx_path, bytes) else str(onnx_path)
+    try:
+        return ort.InferenceSession(source, sess_options=so, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as e:  # ORT raises its own exception types for invalid graphs
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VitoptError(f"cannot load ONNX model {where}: {msg[:300]}") from None
+
+
 class OrtRunner(BaseRunner):
     """Run an ONNX file with onnxruntime.
 
@@ -101,16 +134,6 @@ class OrtRunner(BaseRunner):
         self.session = None
 
     def _activate(self) -> None:
-        ort = _ort()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        flag = "1" if self.allow_spinning else "0"
-        so.add_session_config_entry("session.intra_op.allow_spinning", flag)
-        so.add_session_config_entry("session.inter_op.allow_spinning", flag)
-        so.log_severity_level = 3  # warnings about unused initializers are noise here
         providers = list(self.providers)
         self._stream = None
         if self.device == "cuda":
@@ -119,11 +142,8 @@ class OrtRunner(BaseRunner):
             self._stream = torch.cuda.Stream()
             providers = [(p, {"has_user_compute_stream": "1", "user_compute_stream": str(self._stream.cuda_stream)})
                          if p == "CUDAExecutionProvider" else p for p in providers]
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
-        except Exception as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise VitoptError(f"cannot load ONNX model {self.path}: {msg[:300]}") from None
+        self.session = ort_session(self.path, threads=self.threads, allow_spinning=self.allow_spinning,
+                                   providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._in_type = _ORT_TYPES.get(self.session.get_inputs()[0].type, np.float32)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from optimizer.engine import (INSTALL_HINT, available_builder, choose_opt, engine_from_onnx, parse_builder_log,
+                              parse_layer_info,
                               read_sidecar, save_engine, validate_batches)
 from optimizer.errors import MissingDependency, VitoptError
 from tests.conftest import tiny_vit
@@ -122,3 +123,57 @@ def test_build_errors_are_one_line(tmp_path, tiny_onnx):
     with pytest.raises(VitoptError, match="cannot parse") as e:
         engine_from_onnx(bad, (1, 8))
     assert "\n" not in str(e.value) and "FancyOp" in str(e.value)
+
+
+def test_parse_layer_info_counts_layers_kernels_and_constants():
+    # two layers share one kernel; the constant read by both counts once (4 x 8 floats + 16 halves)
+    report = "\n".join([
+        "Name: a, LayerType: gemm, Inputs: [], Constants: [ { Name: w, Dimensions: [4,8], Strides: [8,1], "
+        "StrideOrder: [1,0], Datatype: Float, Format: (Linear) Row major linear format }], Outputs: [], "
+        "TacticName: __k_0x1, StreamId: 0, Metadata: ",
+        "Name: b, LayerType: gemm, Inputs: [], Constants: [ { Name: w, Dimensions: [4,8], Strides: [8,1], "
+        "StrideOrder: [1,0], Datatype: Float, Format: x }, { Name: h, Dimensions: [16], Strides: [1], "
+        "StrideOrder: [0], Datatype: Half, Format: x }], Outputs: [], TacticName: __k_0x1, StreamId: 0, Metadata: ",
+        "Name: c, LayerType: shape_call, Inputs: [], Constants: [], Outputs: [], TacticName: , StreamId: 0, "
+        "Metadata: "])
+    r = parse_layer_info(["unrelated line", report])
+    assert r == {"layers": 3, "layer_types": {"gemm": 2, "shape_call": 1}, "kernels": 1,
+                 "constant_bytes": 4 * 8 * 4 + 16 * 2, "constants": 2}
+    assert parse_layer_info(["Total Weights Memory: 1 bytes"]) is None
+
+
+@pytest.mark.trt
+@needs_builder
+def test_layer_info_accounts_for_the_weights(tiny_onnx):
+    """The per-layer report's constants are the weights the builder log counts, and asking for the
+    report does not change the engine."""
+    built = engine_from_onnx(tiny_onnx, (1, 4), layer_info=True)
+    layers = built.info["layers"]
+    assert layers is not None and layers["layers"] > 0 and 0 < layers["kernels"] <= layers["layers"]
+    weights = built.info["memory"]["weights_bytes"]
+    if weights is not None:  # the builder log printed it
+        assert abs(layers["constant_bytes"] - weights) <= 0.03 * weights  # + per-layer scalars (alpha, beta)
+    n_params = sum(p.numel() for p in tiny_vit(depth=2).parameters())
+    assert 0.95 * 4 * n_params <= layers["constant_bytes"] <= 1.05 * 4 * n_params
+    plain = engine_from_onnx(tiny_onnx, (1, 4))
+    assert "layers" not in plain.info and plain.size_bytes == built.size_bytes
+
+
+@pytest.mark.trt
+@needs_builder
+def test_one_compute_capability(tiny_onnx):
+    """Kernels for one GPU architecture instead of the builder's default set: the weights are the
+    same, the file is no larger; unknown names are one-line errors."""
+    import importlib
+    trt = importlib.import_module(BUILDER)
+    if not hasattr(trt, "ComputeCapability"):
+        with pytest.raises(VitoptError, match="cannot target a compute capability"):
+            engine_from_onnx(tiny_onnx, (1, 4), compute_capability="SM89")
+        return
+    with pytest.raises(VitoptError, match="unknown compute capability 'SM1'"):
+        engine_from_onnx(tiny_onnx, (1, 4), compute_capability="SM1")
+    default = engine_from_onnx(tiny_onnx, (1, 4))
+    one = engine_from_onnx(tiny_onnx, (1, 4), compute_capability="sm89")
+    assert (default.info["compute_capability"], one.info["compute_capability"]) == ("builder default", "SM89")
+    assert one.size_bytes <= default.size_bytes
+    assert one.info["memory"]["weights_bytes"] == default.info["memory"]["weights_bytes"]

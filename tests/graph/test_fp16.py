@@ -8,8 +8,11 @@ from optimizer.errors import VitoptError
 from optimizer.export import compare_outputs, get_metadata
 from optimizer.graph import cleanup_graph, convert_to_fp16, op_histogram
 from optimizer.graph.cleanup import infer_shapes
-from tests.export.models import TOLERANCES, run_ort
+from optimizer.tolerances import tolerance_for
+from tests.export.models import run_ort
 from tests.graph.graphs import exported_tiny
+
+FP16 = tolerance_for("fp16")  # the product's fp16 row: min cosine, min top-1 agreement
 
 
 def _types(proto):
@@ -45,8 +48,8 @@ def test_fp16_close_to_fp32_with_fp32_io(tmp_path, dynamo):
     ref, got = run_ort(proto, x), run_ort(f16, x)
     assert got.dtype == np.float32
     res = compare_outputs(ref, got, atol=float("inf"))
-    assert res.cosine > TOLERANCES["fp16_min_cosine"]
-    assert res.top1_agreement >= TOLERANCES["fp16_min_top1_agreement"]
+    assert res.cosine > FP16.min_cosine
+    assert res.top1_agreement >= FP16.min_top1_agreement
     assert 0 < res.max_abs_diff < 0.05  # really fp16 (not a no-op), and not broken
 
 
@@ -60,7 +63,7 @@ def test_fp16_without_io_casts(tmp_path):
     out = run_ort(f16, x)
     assert out.dtype == np.float16
     ref = run_ort(proto, x.astype(np.float32))
-    assert compare_outputs(ref, out, atol=float("inf")).cosine > TOLERANCES["fp16_min_cosine"]
+    assert compare_outputs(ref, out, atol=float("inf")).cosine > FP16.min_cosine
 
 
 def test_fp16_refuses_twice_and_integer_graphs(tmp_path):
@@ -116,4 +119,75 @@ def test_fp16_keeps_a_decomposed_layernorm_in_fp32(tmp_path):
     assert sqrt_inputs and all(p.op_type == "Add" and types[p.output[0]] == TensorProto.FLOAT for p in sqrt_inputs)
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     res = compare_outputs(run_ort(proto, x), run_ort(f16, x), atol=float("inf"))
-    assert res.cosine > TOLERANCES["fp16_min_cosine"]
+    assert res.cosine > FP16.min_cosine
+
+
+# ---- fp32 islands found by probing on inputs ------------------------------------------------
+
+def _scaled_graph():
+    """y = ((x * 1000) / 1000) + ((x + 30000) - 30000) for x ~ 150: an fp16 overflow (1.5e5 > 65504)
+    and an fp16 cancellation (fp16 spacing at 30000 is 16)."""
+    from onnx import helper
+    from tests.graph.graphs import const, f32, make_model
+    k, s = np.array(1000.0, np.float32), np.array(30000.0, np.float32)
+    nodes = [helper.make_node("Mul", ["x", "k"], ["big"]), helper.make_node("Div", ["big", "k"], ["back"]),
+             helper.make_node("Add", ["x", "s"], ["shifted"]), helper.make_node("Sub", ["shifted", "s"], ["small"]),
+             helper.make_node("Add", ["back", "small"], ["y"])]
+    return make_model(nodes, [f32("x", [None, 4])], [f32("y", [None, 4])], [const("k", k), const("s", s)])
+
+
+def test_probe_finds_overflow_and_cancellation():
+    from optimizer.graph.fp16_probe import probe_fp16
+    m = _scaled_graph()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(100, 200, (8, 4)).astype(np.float32)
+    probe = probe_fp16(m, x)
+    by_key = {n.key: n for n in probe.nodes}
+    assert by_key["big"].overflow and by_key["big"].reason == "overflow"       # 1e5 > 65504
+    assert by_key["back"].overflow                                             # reads the Inf
+    assert by_key["small"].reason == "error" and by_key["small"].rel_error > 1e-2
+    assert by_key["shifted"].keep_fp32 and by_key["shifted"].reason == "feeds small"
+    assert not by_key["y"].keep_fp32 and by_key["y"].rel_error < 1e-2
+    assert sorted(probe.kept) == ["back", "big", "shifted", "small"]
+    from onnx import TensorProto
+    # ONNX Runtime CPU runs these fp16 ops in fp32 internally, so the oracle is the tensor types that a
+    # strongly typed builder (TensorRT) obeys: the probed nodes' outputs stay FLOAT, the rest FLOAT16
+    blind, _ = _types(convert_to_fp16(m, fp32_ops=()))
+    probed = convert_to_fp16(m, fp32_ops=(), probe_inputs=x)
+    types, _ = _types(probed)
+    for t in ("big", "back", "shifted", "small"):
+        assert (blind[t], types[t]) == (TensorProto.FLOAT16, TensorProto.FLOAT), t
+    assert types["y_fp16"] == TensorProto.FLOAT16 and types["y"] == TensorProto.FLOAT
+    np.testing.assert_allclose(run_ort(probed, x), run_ort(m, x), rtol=2e-3)
+    meta = get_metadata(probed)
+    assert meta["vitopt.fp16_fp32_nodes"] == "back,big,shifted,small"
+    assert '"Mul": 1' in meta["vitopt.fp16_probe"] and '"Sub": 1' in meta["vitopt.fp16_probe"]
+
+
+def test_probe_on_a_vit_keeps_nothing_it_does_not_need(tmp_path):
+    """Native LayerNorm/Softmax graph on typical inputs: nothing overflows and every node's own fp16
+    error is at rounding level, so the probe-only conversion equals the all-fp16 one and stays
+    within the fp16 tolerance row."""
+    from optimizer.graph.fp16_probe import probe_fp16
+    from optimizer.tolerances import tolerance_for
+    from optimizer.runners.compare import compare_arrays
+    _, proto = exported_tiny(tmp_path, depth=2)
+    proto, _ = cleanup_graph(proto)
+    x = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    probe = probe_fp16(proto, x, chunk=4)
+    assert probe.images == 6 and len(probe.nodes) > 20
+    assert probe.kept == [] and all(n.rel_error < 5e-3 for n in probe.nodes)
+    ops = {n.op for n in probe.nodes}
+    assert {"MatMul", "LayerNormalization", "Softmax"} <= ops and "Reshape" not in ops
+    f16 = convert_to_fp16(proto, fp32_ops=(), probe_inputs=x)
+    r = compare_arrays(run_ort(proto, x), run_ort(f16, x), tolerance_for("fp16"))
+    assert r["passed"], r["failures"]
+
+
+def test_probe_rejects_bad_inputs(tmp_path):
+    from optimizer.graph.fp16_probe import probe_fp16
+    _, proto = exported_tiny(tmp_path, depth=1)
+    with pytest.raises(VitoptError, match="float array"):
+        probe_fp16(proto, np.zeros((0, 3, 32, 32), np.float32))
+    with pytest.raises(VitoptError, match="tolerance must be positive"):
+        probe_fp16(proto, np.zeros((1, 3, 32, 32), np.float32), tolerance=0)
