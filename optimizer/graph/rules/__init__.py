@@ -5,7 +5,8 @@ Registered rules (``list_rules()``; ``vitopt surgery --list`` prints each with i
 * ``fold_constants`` — constant folding incl. static shape arithmetic (a graph pass).
 * ``remove_identity`` — bypass Identity nodes.
 * ``simplify_casts`` / ``simplify_reshapes`` / ``simplify_transposes`` / ``remove_noop_expand`` —
-  redundant Cast / Reshape / Transpose / Expand chains.
+  redundant Cast / Reshape / Transpose / Expand chains; ``remove_neutral_elementwise`` — x+0, x*1.
+* ``static_reshape_shapes`` — a Reshape target computed from Shape arithmetic -> a constant with -1.
 * ``reshape_transpose_to_transpose`` — flatten/transpose/unflatten of the last two dims -> Transpose.
 * ``merge_attention_scales`` — q·c1 @ kᵀ·c2 -> (q·c1c2) @ kᵀ.
 * ``fuse_layer_norm`` — decomposed LayerNorm -> LayerNormalization (opset >= 17).
@@ -22,12 +23,14 @@ from .base import (CheckRule, Rule, apply_rules, as_rule, bypass, const_value, d
 
 # the rules cleanup_graph runs by default, in order (constant folding runs before and after them
 # when cleanup_graph(fold=True)); check rules inspect the final graph
-DEFAULT_RULES = ("remove_identity", "simplify_casts", "simplify_reshapes", "simplify_transposes",
-                 "remove_noop_expand", "reshape_transpose_to_transpose", "merge_attention_scales",
-                 "fuse_layer_norm", "fuse_gelu", "merge_lowrank_pairs", "check_dynamic_batch")
+DEFAULT_RULES = ("remove_identity", "remove_neutral_elementwise", "simplify_casts",
+                 "reshape_transpose_to_transpose", "static_reshape_shapes", "simplify_reshapes", "simplify_transposes",
+                 "remove_noop_expand", "merge_attention_scales", "fuse_layer_norm", "fuse_gelu", "merge_lowrank_pairs",
+                 "check_dynamic_batch")
 
 # every rule module (registered on first use of the registry)
-_MODULES = ("fold_constants", "remove_identity", "simplify_casts", "simplify_reshapes", "simplify_transposes",
+_MODULES = ("fold_constants", "remove_identity", "remove_neutral_elementwise", "static_reshape_shapes",
+            "simplify_casts", "simplify_reshapes", "simplify_transposes",
             "remove_noop_expand", "reshape_transpose_to_transpose", "merge_attention_scales", "fuse_layer_norm",
             "fuse_gelu", "fuse_gelu_contrib", "merge_lowrank_pairs", "check_dynamic_batch")
 
