@@ -111,6 +111,8 @@ def main() -> int:
     from optimizer.graph import cleanup_graph, op_histogram
     from optimizer.runners.ort_runner import OrtRunner
     batches = [int(b) for b in args.batch.split(",")]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     weights = SHARED / "weights" / "deit_tiny_patch16_224.pth"
     rows, env = [], environment()
     with tempfile.TemporaryDirectory(prefix="vitopt-slim-peer-") as tmp:
@@ -157,8 +159,6 @@ def main() -> int:
                     print(f"   nodes {row['nodes']}  onnxslim after vitopt: {diff or 'no change'}", flush=True)
                     print(f"   p50 ms {p50}", flush=True)
                     rows.append(row)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     command = "flock /tmp/vitopt-heavy.lock python benchmarks/onnxslim_peer.py " + " ".join(sys.argv[1:])
     env["onnxslim"] = onnxslim.__version__
     result = {"command": command.strip(), "git_commit": commit, "environment": env, "batches": batches,
