@@ -139,7 +139,12 @@ class RuleParity:
             shape = [d.dim_value if d.dim_value > 0 else RULE_PARITY_BATCH for d in tt.shape.dim]
             self.feeds[vi.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
                                    else np.zeros(shape, dtype))
-        self.reference = self.run(model_proto)
+        try:
+            self.reference = self.run(model_proto)
+        except VitoptError as e:
+            raise VitoptError(f"the rule safety net cannot run the input graph on random inputs of batch "
+                              f"{RULE_PARITY_BATCH}: {e} (turn the net off with parity=False / --no-parity-check; "
+                              "a graph that only runs at its export batch fails check_dynamic_batch)") from None
 
     def run(self, model_proto) -> dict:
         import tempfile
@@ -150,7 +155,12 @@ class RuleParity:
             onnx.save_model(model_proto, path)
             sess = ort_session(path, threads=1)
             names = [o.name for o in sess.get_outputs()]
-            return dict(zip(names, sess.run(None, self.feeds)))
+            try:
+                return dict(zip(names, sess.run(None, self.feeds)))
+            except Exception as e:  # ORT raises its own exception types for kernels that fail
+                msg = str(e).strip().splitlines()
+                raise VitoptError(f"ONNX Runtime failed to run it: {msg[0][-300:] if msg else type(e).__name__}") \
+                    from None
 
     def failure(self, model_proto) -> Optional[str]:
         """None when ``model_proto`` reproduces the reference outputs, else one line saying how it differs."""
