@@ -98,7 +98,7 @@ def main() -> int:
     ap.add_argument("--models", default="deit_tiny_patch16_224,deit_small_patch16_224")
     ap.add_argument("--variants", default="dense,slim,lowrank")
     ap.add_argument("--exporters", default="dynamo,torchscript")
-    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--batch", default="1,8", help="batch sizes to time; 'none' records node counts only")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onnxslim_peer"))
@@ -110,7 +110,7 @@ def main() -> int:
     from optimizer.fileio import write_text
     from optimizer.graph import cleanup_graph, op_histogram
     from optimizer.runners.ort_runner import OrtRunner
-    batches = [int(b) for b in args.batch.split(",")]
+    batches = [] if args.batch == "none" else [int(b) for b in args.batch.split(",")]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     weights = SHARED / "weights" / "deit_tiny_patch16_224.pth"
@@ -143,11 +143,13 @@ def main() -> int:
                     after_v, after_vs = hist["vitopt"], hist["vitopt+onnxslim"]
                     diff = {op: after_vs.get(op, 0) - after_v.get(op, 0) for op in set(after_v) | set(after_vs)
                             if after_vs.get(op, 0) != after_v.get(op, 0)}
-                    lat = interleaved_latency({k: OrtRunner(p, threads=2, allow_spinning=False, name=k)
-                                               for k, p in paths.items()}, batches, rounds=args.rounds,
-                                              iters_per_round=args.iters, warmup=2)
+                    lat = {"rows": []}
+                    if batches:
+                        lat = interleaved_latency({k: OrtRunner(p, threads=2, allow_spinning=False, name=k)
+                                                   for k, p in paths.items()}, batches, rounds=args.rounds,
+                                                  iters_per_round=args.iters, warmup=2)
+                        env = lat["environment"]
                     p50 = {f"{r['name']}@{r['batch']}": r["p50_ms"] for r in lat["rows"]}
-                    env = lat["environment"]
                     row = {"model": name, "variant": variant, "exporter": exporter,
                            "weights": "../shared/weights/deit_tiny_patch16_224.pth" if ckpt else "random",
                            "nodes": {k: sum(h.values()) for k, h in hist.items()},
@@ -189,12 +191,12 @@ def to_markdown(res: dict) -> str:
         ch = ", ".join(f"{k} {v:+d}" for k, v in sorted(r["onnxslim_after_vitopt_changes"].items())) or "none"
         lines.append(f"| {r['model']} | {r['variant']} | {r['exporter']} | {n['raw']} | {n['vitopt']} | "
                      f"{n['onnxslim']} | {n['vitopt+onnxslim']} | {ch} |")
-    lines += ["", "## Latency (p50 ms)", ""]
     b = res["batches"]
+    lines += ["", "## Latency (p50 ms)", ""] if b else ["", "(latency not measured: --batch none)"]
     hdr = "| model | variant | exporter | " + " | ".join(f"{g} b{x}" for x in b
                                                          for g in ("raw", "vitopt", "onnxslim", "vitopt+onnxslim"))
-    lines += [hdr + " |", "|---|---|---|" + "---:|" * (4 * len(b))]
-    for r in res["rows"]:
+    lines += [hdr + " |", "|---|---|---|" + "---:|" * (4 * len(b))] if b else []
+    for r in (res["rows"] if b else []):
         p = r["latency_p50_ms"]
         cells = [f"{p.get(f'{g}@{x}', float('nan')):.2f}" for x in b
                  for g in ("raw", "vitopt", "onnxslim", "vitopt+onnxslim")]
