@@ -89,8 +89,12 @@ def build_variant(name: str, variant: str, checkpoint):
 
 
 def slim_with_onnxslim(proto):
+    """``onnxslim.slim`` on a copy: it edits the proto it is given in place."""
+    import onnx
     import onnxslim
-    return onnxslim.slim(proto)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return onnxslim.slim(copy)
 
 
 def main() -> int:
