@@ -28,7 +28,8 @@ histogram changes as expected, and the rule fires the expected number of times o
 
 Two kinds besides match/rewrite rules: a *graph pass* overrides ``apply`` itself (constant
 folding), and a ``CheckRule`` never edits the graph; it returns the violations it finds
-(``check``), which ``cleanup_graph`` reports as named failures.
+(``check``), which ``cleanup_graph`` reports as named failures. A rule whose replacement ops need
+a newer opset sets ``min_opset``; ``run_rule`` skips it (0 rewrites) on older graphs.
 """
 from __future__ import annotations
 
