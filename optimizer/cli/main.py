@@ -10,7 +10,8 @@ import importlib
 import os
 import sys
 
-COMMANDS = ["eval", "export", "build", "bench", "run", "compress", "distill", "compare"]
+COMMANDS = ["eval", "export", "build", "bench", "run", "compress", "distill", "compare", "surgery", "quantize",
+            "serve", "sweep", "report", "pick"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 from ..errors import VitoptError
 
@@ -29,12 +29,24 @@ def format_histograms(before: Dict[str, int], after: Dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+# The rule safety net: ONNX Runtime outputs before vs after each rule that fired, on seeded random
+# inputs, must satisfy |a - b| <= atol + rtol * |b| everywhere. One place for these numbers; when the
+# shared tolerance table (issue 13, item 6) lands, this should become its "lossless_pass" entry.
+RULE_PARITY_ATOL = 1e-4
+RULE_PARITY_RTOL = 1e-3
+# batch of the random inputs: not the exporter's example batch (2), so a rule that bakes the traced
+# batch into the graph fails the check instead of passing by coincidence
+RULE_PARITY_BATCH = 3
+
+
 @dataclass
 class CleanupReport:
     ops_before: Dict[str, int]
     ops_after: Dict[str, int]
-    rules: Dict[str, int] = field(default_factory=dict)   # rewrites per rule
+    rules: Dict[str, int] = field(default_factory=dict)   # rewrites per rule (check rules: nodes checked)
     seconds: float = 0.0
+    rolled_back: Dict[str, str] = field(default_factory=dict)     # rule -> why its result was discarded
+    failures: Dict[str, List[str]] = field(default_factory=dict)  # check rule -> violations
 
     @property
     def nodes_before(self) -> int:
@@ -44,15 +56,23 @@ class CleanupReport:
     def nodes_after(self) -> int:
         return sum(self.ops_after.values())
 
+    @property
+    def ok(self) -> bool:
+        """No check rule found a violation."""
+        return not self.failures
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(nodes_before=self.nodes_before, nodes_after=self.nodes_after)
         return d
 
     def __str__(self) -> str:
-        rules = ", ".join(f"{k} x{v}" for k, v in self.rules.items()) or "none"
-        return (f"graph cleanup: {self.nodes_before} -> {self.nodes_after} nodes in {self.seconds:.2f} s; "
-                f"rules: {rules}\n" + format_histograms(self.ops_before, self.ops_after))
+        rules = ", ".join(f"{k} x{v}" for k, v in self.rules.items() if v) or "none"
+        lines = [f"graph cleanup: {self.nodes_before} -> {self.nodes_after} nodes in {self.seconds:.2f} s; "
+                 f"rules: {rules}"]
+        lines += [f"rolled back {k}: {why}" for k, why in self.rolled_back.items()]
+        lines += [f"check {k} FAILED: {msg}" for k, msgs in self.failures.items() for msg in msgs]
+        return "\n".join(lines) + "\n" + format_histograms(self.ops_before, self.ops_after)
 
 
 def infer_shapes(model_proto):
@@ -99,37 +119,135 @@ def fold_constants(graph) -> None:
     graph.cleanup().toposort()
 
 
-def cleanup_graph(model_proto, rules: Optional[Iterable] = None, fold: bool = True):
-    """Clean an exported graph: shape inference, constant folding, rules, cleanup, toposort.
+class RuleParity:
+    """ONNX Runtime outputs of a graph on seeded random inputs, to compare each rule's result against.
+
+    Raises VitoptError when ONNX Runtime cannot run the reference graph (then no rule can be checked).
+    """
+
+    def __init__(self, model_proto, seed: int = 0):
+        import numpy as np
+        from onnx import helper
+        init = {i.name for i in model_proto.graph.initializer}
+        rng = np.random.default_rng(seed)
+        self.feeds = {}
+        for vi in model_proto.graph.input:
+            if vi.name in init:
+                continue
+            tt = vi.type.tensor_type
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+            shape = [d.dim_value if d.dim_value > 0 else RULE_PARITY_BATCH for d in tt.shape.dim]
+            self.feeds[vi.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                                   else np.zeros(shape, dtype))
+        try:
+            self.reference = self.run(model_proto)
+        except VitoptError as e:
+            raise VitoptError(f"the rule safety net cannot run the input graph on random inputs of batch "
+                              f"{RULE_PARITY_BATCH}: {e} (turn the net off with parity=False / --no-parity-check; "
+                              "a graph that only runs at its export batch fails check_dynamic_batch)") from None
+
+    def run(self, model_proto) -> dict:
+        import tempfile
+        import onnx
+        from ..export import ort_session
+        with tempfile.TemporaryDirectory(prefix="vitopt-rule-parity-") as tmp:
+            path = f"{tmp}/m.onnx"
+            onnx.save_model(model_proto, path)
+            sess = ort_session(path, threads=1)
+            names = [o.name for o in sess.get_outputs()]
+            try:
+                return dict(zip(names, sess.run(None, self.feeds)))
+            except Exception as e:  # ORT raises its own exception types for kernels that fail
+                msg = str(e).strip().splitlines()
+                raise VitoptError(f"ONNX Runtime failed to run it: {msg[0][-300:] if msg else type(e).__name__}") \
+                    from None
+
+    def failure(self, model_proto) -> Optional[str]:
+        """None when ``model_proto`` reproduces the reference outputs, else one line saying how it differs."""
+        from ..runners.compare import compare_outputs
+        try:
+            out = self.run(model_proto)
+        except VitoptError as e:
+            return str(e)
+        if sorted(out) != sorted(self.reference):
+            return f"outputs {sorted(out)} instead of {sorted(self.reference)}"
+        try:
+            cmp = compare_outputs(self.reference, out, atol=RULE_PARITY_ATOL, rtol=RULE_PARITY_RTOL)
+        except VitoptError as e:  # shapes differ
+            return str(e)
+        bad = {k: v for k, v in cmp.items() if not v["passed"]}
+        if not bad:
+            return None
+        k, v = next(iter(bad.items()))
+        return (f"ONNX Runtime output {k} moved by max |diff| {v['max_abs']:.3g} "
+                f"(atol {RULE_PARITY_ATOL:g}, rtol {RULE_PARITY_RTOL:g})")
+
+
+def cleanup_graph(model_proto, rules: Optional[Iterable] = None, fold: bool = True, parity: bool = True):
+    """Clean an exported graph: shape inference, constant folding, rules, cleanup, toposort, checks.
 
     Args:
         model_proto: an ``onnx.ModelProto`` (not modified).
         rules: rule names/classes/instances to apply (default ``rules.default_rules()``); ``()`` for none.
-        fold: fold constants (incl. static shape arithmetic) before and after the rules.
+            Check rules (e.g. ``check_dynamic_batch``) run on the final, shape-inferred graph.
+        fold: run ``remove_identity`` and ``fold_constants`` before the rules and fold again after them.
+        parity: the safety net: after each rule that fired, ONNX Runtime outputs on seeded random
+            inputs must match the input graph's within ``RULE_PARITY_ATOL``/``RULE_PARITY_RTOL``;
+            a rule that fails (or raises) is rolled back and named in ``report.rolled_back``.
 
     Returns:
-        ``(new_model_proto, CleanupReport)``; the report has op histograms before/after and
-        rewrites per rule; ``print(report)`` shows them as a table.
+        ``(new_model_proto, CleanupReport)``; the report has op histograms before/after,
+        rewrites per rule, rolled-back rules and check failures; ``print(report)`` shows them.
+        Raises VitoptError for an unknown rule name, a graph shape inference rejects, or (with
+        ``parity``) a graph ONNX Runtime cannot run.
 
     Example: ``proto, rep = cleanup_graph(onnx.load("m.onnx")); print(rep)``
     """
-    from .rules import apply_rules, default_rules
+    from .rules import as_rule, default_rules, run_rule
     t0 = time.perf_counter()
+    requested = [as_rule(r) for r in (default_rules() if rules is None else rules)]  # unknown names fail first
     before = op_histogram(model_proto)
     inferred = infer_shapes(model_proto)
-    graph = graph_from_proto(inferred)
-    counts = apply_rules(graph, ["remove_identity"])
+    steps = [r for r in requested if r.kind != "check"]
     if fold:
-        fold_constants(graph)
-    counts_more = apply_rules(graph, default_rules() if rules is None else rules)
-    for k, v in counts_more.items():
-        counts[k] = counts.get(k, 0) + v
+        steps = [as_rule("remove_identity"), as_rule("fold_constants")] + steps + [as_rule("fold_constants")]
+    net = RuleParity(inferred) if parity else None
+    graph, good = graph_from_proto(inferred), inferred
+    counts: Dict[str, int] = {}
+    rolled_back: Dict[str, str] = {}
+    for rule in steps:
+        counts.setdefault(rule.name, 0)
+        if rule.name in rolled_back:
+            continue
+        try:
+            n = run_rule(rule, graph)
+            why = None
+        except Exception as e:  # a rule bug: the safety net restores the last good graph
+            n, why = 1, f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if n and net is not None and why is None:
+            candidate = proto_from_graph(graph, model_proto)
+            why = net.failure(candidate)
+            if why is None:
+                good = candidate
+        if why is not None:
+            if net is None:
+                raise VitoptError(f"graph rule {rule.name} failed: {why}")
+            rolled_back[rule.name] = why
+            graph = graph_from_proto(good)
+            continue
+        counts[rule.name] += n
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    if fold:
-        fold_constants(graph)
     out = proto_from_graph(graph, model_proto)
     out = infer_shapes(out)
     _copy_model_fields(model_proto, out)
-    report = CleanupReport(before, op_histogram(out), {k: v for k, v in counts.items()},
-                           round(time.perf_counter() - t0, 3))
+    failures: Dict[str, List[str]] = {}
+    checks = [r for r in requested if r.kind == "check"]
+    if checks:
+        final = graph_from_proto(out)
+        for rule in checks:
+            counts[rule.name], problems = rule.check(final)
+            if problems:
+                failures[rule.name] = problems
+    report = CleanupReport(before, op_histogram(out), counts, round(time.perf_counter() - t0, 3),
+                           rolled_back, failures)
     return out, report
