@@ -44,6 +44,10 @@ class QuantConfig:
         min_agreement: top-1 agreement with FP32 on the held-out images below which the layer whose
             quantization costs the most goes back to FP32, repeatedly; 0 disables the fallback.
         max_fallback: most layers the fallback may return to FP32.
+        reduce_range: int8 weights in [-63, 63] instead of [-127, 127]. ONNX Runtime's int8 kernels on
+            x86 CPUs without VNNI (AVX2) add pairs of u8 x s8 products in int16, which saturates with
+            full-range weights (measured: a one-layer output off by 0.6 where unfused Q/DQ is exact);
+            7-bit weights cannot saturate. TensorRT does not need it.
         op_types: node types whose weight and activation inputs are quantized.
         exclude: node names kept in FP32.
     Raises ValueError naming the bad field.
@@ -58,6 +62,7 @@ class QuantConfig:
     bins: int = 2048
     min_agreement: float = 0.0
     max_fallback: int = 8
+    reduce_range: bool = False
     op_types: Tuple[str, ...] = OP_TYPES
     exclude: Tuple[str, ...] = field(default_factory=tuple)
     version: int = 1
@@ -73,6 +78,8 @@ class QuantConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.reduce_range and self.dtype != "int8":
+            raise ValueError("reduce_range applies to int8 weights only")
         if self.mode == "dynamic" and self.dtype != "int8":
             raise ValueError("dynamic mode quantizes activations to uint8 per batch: use dtype='int8'")
         for name in ("calib_images", "calib_batch"):
@@ -93,7 +100,13 @@ class QuantConfig:
 
     @property
     def qmax(self) -> float:
+        """Largest activation magnitude of the quantized type."""
         return 127.0 if self.dtype == "int8" else 448.0
+
+    @property
+    def weight_qmax(self) -> float:
+        """Largest weight magnitude of the quantized type (63 with ``reduce_range``)."""
+        return 63.0 if (self.reduce_range and self.dtype == "int8") else self.qmax
 
     def to_dict(self) -> dict:
         d = asdict(self)

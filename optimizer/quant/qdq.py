@@ -26,11 +26,11 @@ def weight_scales(w: np.ndarray, axis: int, qmax: float = 127.0) -> np.ndarray:
     return np.where(amax > 0, amax / np.float32(qmax), np.float32(1.0)).astype(np.float32)
 
 
-def quantize_weight(w: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
-    """int8 weights round(w / s) (half to even, as QuantizeLinear), clipped to [-127, 127]."""
+def quantize_weight(w: np.ndarray, scales: np.ndarray, axis: int, qmax: float = 127.0) -> np.ndarray:
+    """int8 weights round(w / s) (half to even, as QuantizeLinear), clipped to [-qmax, qmax]."""
     shape = [1] * w.ndim
     shape[axis] = -1
-    return np.clip(np.rint(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    return np.clip(np.rint(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
 
 
 def activation_scale(amax: float, qmax: float = 127.0) -> np.float32:
@@ -81,7 +81,7 @@ def build_quantized(proto, targets: List[Target], act_amax: Dict[str, float], co
         if t.weight in w_out:
             return w_out[t.weight]
         w = numpy_helper.to_array(inits[t.weight]).astype(np.float32)
-        s = weight_scales(w, t.axis, config.qmax)
+        s = weight_scales(w, t.axis, config.weight_qmax)
         s_name = _unique(t.weight + "_scale", taken)
         new_inits.append(numpy_helper.from_array(s, s_name))
         zp = zero_point(t.weight + "_zero_point", t.channels)
@@ -93,7 +93,7 @@ def build_quantized(proto, targets: List[Target], act_amax: Dict[str, float], co
             used_float.add(t.weight)
         else:
             q = _unique(t.weight + "_int8", taken)
-            new_inits.append(numpy_helper.from_array(quantize_weight(w, s, t.axis), q))
+            new_inits.append(numpy_helper.from_array(quantize_weight(w, s, t.axis, config.weight_qmax), q))
         nodes.append(helper.make_node("DequantizeLinear", [q, s_name, zp], [dq], name=dq, axis=t.axis))
         w_out[t.weight] = dq
         w_quant[t.weight] = (q, s_name, zp, s)
@@ -120,9 +120,9 @@ def build_quantized(proto, targets: List[Target], act_amax: Dict[str, float], co
         if n.op_type == "Gemm" and attrs.get("transB", 0):
             w = w.T
         axis = 1
-        s = weight_scales(w, axis)
+        s = weight_scales(w, axis, config.weight_qmax)
         wq = _unique(t.weight + "_int8", taken)
-        new_inits.append(numpy_helper.from_array(quantize_weight(w, s, axis), wq))
+        new_inits.append(numpy_helper.from_array(quantize_weight(w, s, axis, config.weight_qmax), wq))
         s_name = _unique(t.weight + "_scale", taken)
         new_inits.append(numpy_helper.from_array(s, s_name))
         zp = zero_point(t.weight + "_zero_point", t.channels)

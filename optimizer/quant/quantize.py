@@ -26,7 +26,9 @@ class LayerReport:
     weight_axis: Optional[int] = None
     channels: Optional[int] = None
     gathered_by: Optional[str] = None
-    fallback_agreement: Optional[float] = None   # agreement with this layer back in FP32, when measured
+    # with only this layer quantized (measured when the fallback runs): its cost in agreement and cosine
+    alone_agreement: Optional[float] = None
+    alone_cosine: Optional[float] = None
 
 
 @dataclass
@@ -145,21 +147,28 @@ def quantize_onnx(proto, calib_inputs, config: QuantConfig = QuantConfig(), eval
         agree, cos = _agreement(ref, out)
         report.eval_images = int(len(ev))
         report.agreement_before_fallback = agree
-        while agree < config.min_agreement and len(report.fallback) < config.max_fallback and len(active) > 1:
-            trials = []
+        if agree < config.min_agreement:
+            # rank once: each layer quantized alone, its cost = lost agreement, then lost mean cosine;
+            # then return layers to FP32 most costly first, re-measuring after each
+            costs = []
             for t in active:
-                trial = [x for x in active if x is not t]
-                o = _outputs(build_quantized(proto, trial, amax, config), ev, config.calib_batch)
+                o = _outputs(build_quantized(proto, [t], amax, config), ev, config.calib_batch)
                 a, _ = _agreement(ref, o)
-                layers[t.node].fallback_agreement = a
-                trials.append((a, _mean_cosine(ref, o), t, o))
-            a, _, worst, out = max(trials, key=lambda x: (x[0], x[1]))
-            active.remove(worst)
-            layers[worst.node].quantized = False
-            layers[worst.node].reason = (f"sensitivity fallback: agreement {100 * agree:.1f} % -> "
-                                         f"{100 * a:.1f} % with this layer in FP32")
-            report.fallback.append({"node": worst.node, "agreement_before": agree, "agreement_after": a})
-            agree = a
+                c = _mean_cosine(ref, o)
+                layers[t.node].alone_agreement, layers[t.node].alone_cosine = a, c
+                costs.append((a, c, t))
+            costs.sort(key=lambda x: (x[0], x[1]))
+            for _, _, worst in costs:
+                if agree >= config.min_agreement or len(report.fallback) >= config.max_fallback:
+                    break
+                active.remove(worst)
+                out = _outputs(build_quantized(proto, active, amax, config), ev, config.calib_batch)
+                a, _ = _agreement(ref, out)
+                layers[worst.node].quantized = False
+                layers[worst.node].reason = (f"sensitivity fallback: agreement {100 * agree:.1f} % -> "
+                                             f"{100 * a:.1f} % with this layer back in FP32")
+                report.fallback.append({"node": worst.node, "agreement_before": agree, "agreement_after": a})
+                agree = a
         if report.fallback:
             qproto = build_quantized(proto, active, amax, config)
             _, cos = _agreement(ref, out)
