@@ -64,14 +64,19 @@ def _val(args, model):
 
 
 def _quantize(fp32, calib, held, cfg, path, state, name, base, note=""):
+    """One vitopt variant; skipped when a previous run of the stage finished it (resumable)."""
     from optimizer.export import save_onnx
     from optimizer.quant import quantize_onnx
+    if name in state["variants"] and path.is_file():
+        return
     t0 = time.perf_counter()
-    q, rep = quantize_onnx(fp32, calib, cfg, eval_inputs=held)
+    # held-out images only where the fallback needs them: val agreement is measured by stage eval
+    q, rep = quantize_onnx(fp32, calib, cfg, eval_inputs=held if cfg.min_agreement > 0 else None)
     save_onnx(q, path)
     state["variants"][name] = {"file": path.name, "base": base, "kind": "vitopt", "config": cfg.to_dict(),
                                "report": rep.to_dict(), "seconds": round(time.perf_counter() - t0, 1),
                                "note": note}
+    _save(path.parent, state)
     print(f"{name}: {rep}", flush=True)
 
 
@@ -81,18 +86,22 @@ def stage_build(args, work, state):
     from optimizer.export import save_onnx
     from optimizer.models.loading import load_model
     from optimizer.quant import int8_onnx_from_model
+    import onnx
     dense = load_model("deit_tiny_patch16_224", args.weights).model
     calib, held = _images(args, dense)
     v = state["variants"]
     n = args.calib_images
-    first = QuantConfig(calibrator="max", calib_images=n, reduce_range=True)
-    fp32, q, rep = int8_onnx_from_model(dense, calib, first, eval_inputs=held, path=work / "int8_static_max.onnx")
-    save_onnx(fp32, work / "fp32.onnx")
+    if (work / "fp32.onnx").is_file():
+        fp32 = onnx.load(str(work / "fp32.onnx"))
+    else:
+        first = QuantConfig(calibrator="max", calib_images=n, reduce_range=True)
+        fp32, q, rep = int8_onnx_from_model(dense, calib, first, path=work / "int8_static_max.onnx")
+        save_onnx(fp32, work / "fp32.onnx")
+        v["int8_static_max"] = {"file": "int8_static_max.onnx", "base": "dense", "kind": "vitopt",
+                                "config": first.to_dict(), "report": rep.to_dict()}
+        print(f"int8_static_max: {rep}", flush=True)
     v["fp32"] = {"file": "fp32.onnx", "base": "dense", "kind": "fp32"}
-    v["int8_static_max"] = {"file": "int8_static_max.onnx", "base": "dense", "kind": "vitopt",
-                            "config": first.to_dict(), "report": rep.to_dict()}
-    print(f"int8_static_max: {rep}", flush=True)
-    for cal in ("percentile", "entropy", "mse"):
+    for cal in ("max", "percentile", "entropy", "mse"):
         _quantize(fp32, calib, held, QuantConfig(calibrator=cal, calib_images=n, reduce_range=True),
                   work / f"int8_static_{cal}.onnx", state, f"int8_static_{cal}", "dense")
     _quantize(fp32, calib, held, QuantConfig(calibrator="entropy", calib_images=n),
@@ -100,9 +109,10 @@ def stage_build(args, work, state):
               "8-bit weights (the TensorRT form), run here in ORT's AVX2 kernels")
     _quantize(fp32, calib, held, QuantConfig(mode="dynamic", reduce_range=True),
               work / "int8_dynamic.onnx", state, "int8_dynamic", "dense")
-    _quantize(fp32, calib, held, QuantConfig(mode="dynamic", reduce_range=True, min_agreement=args.min_agreement,
-                                             max_fallback=args.max_fallback),
-              work / "int8_dynamic_fallback.onnx", state, "int8_dynamic_fallback", "dense")
+    if args.min_agreement > 0:
+        _quantize(fp32, calib, held, QuantConfig(mode="dynamic", reduce_range=True, min_agreement=args.min_agreement,
+                                                 max_fallback=args.max_fallback),
+                  work / "int8_dynamic_fallback.onnx", state, "int8_dynamic_fallback", "dense")
     _save(work, state)
 
     class Reader(CalibrationDataReader):
@@ -284,7 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--lowrank")
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--held-images", type=int, default=128)
-    p.add_argument("--min-agreement", type=float, default=0.99)
+    p.add_argument("--min-agreement", type=float, default=0.0,
+                   help="also build the dynamic variant with the sensitivity fallback to this agreement")
     p.add_argument("--max-fallback", type=int, default=8)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=3)
