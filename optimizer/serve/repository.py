@@ -6,7 +6,8 @@ Layout::
     REPO/NAME/labels.txt            class names (label_filename of the logits output)
     REPO/NAME/preprocess.json       what the client applies to an image
     REPO/NAME/client_example.py     a short client (HTTP) using that preprocessing
-    REPO/NAME/<version>/model.onnx | model.plan | model.py (+ model.onnx for python-ort)
+    REPO/NAME/<version>/model.onnx | model.plan (+ its sidecar model.plan.json) | model.py (+ model.onnx
+                                     for python-ort)
 
 A new model is staged in a hidden folder beside REPO/NAME and renamed into place; a new version of
 an existing model is staged inside REPO/NAME and renamed to the next free version number. No
@@ -253,6 +254,9 @@ def prepare_repository(model_file, repo, cfg: ServeConfig, *, bench: Optional[di
             text = config_text(config)
         else:
             shutil.copyfile(model_file, vdir / cfg.model_file)
+            if sig.kind == "engine":     # the sidecar keeps the profile and I/O for validation beside the plan
+                from ..engine.build import sidecar_path
+                shutil.copyfile(sidecar_path(model_file), sidecar_path(vdir / cfg.model_file))
         extras = {"config.pbtxt": text}
         if logits is not None:
             count = [o for o in sig.outputs if o.name == logits][0].shape[1]
