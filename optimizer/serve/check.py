@@ -133,7 +133,8 @@ def check_repository(repo, model: Optional[str] = None, timeout_s: float = 120.0
                       {"state": "UNKNOWN", "reason": "not in the server's repository index"})
             reason = (st.get("reason") or "").strip().splitlines()[0] if st.get("reason") else ""
             row = {"name": d.name, "platform": f["platform"], "version": version, "state": st.get("state"),
-                   "reason": reason or (server.log_tail(3) if st.get("state") != "READY" else "")}
+                   "reason": reason or (" | ".join(server.errors_about(d.name)[-2:]) or server.log_tail(3)
+                                        if st.get("state") != "READY" else "")}
             if st.get("state") == "READY":
                 if f["platform"] == "tensorrt":
                     row.update(status="served", passed=True, note="served; outputs not compared (no TensorRT here)")

@@ -68,6 +68,18 @@ def check_port_free(port: int) -> int:
     return port
 
 
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    """Poll until no process of group ``pgid`` is left (killed children die asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class TritonServer:
     """The bundled Triton server serving ``repo`` on loopback; a context manager.
 
@@ -181,6 +193,7 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     continue
             code = self.proc.returncode
+            _wait_group_gone(pgid, 5.0)
             self.pgid = pgid
             self.proc = None
         if getattr(self, "_log", None) is not None:
@@ -228,16 +241,23 @@ class TritonServer:
             raise VitoptError("tritonserver did not answer its repository index: " + self.log_tail())
         return json.loads(self._body)
 
+    def errors_about(self, model: str) -> List[str]:
+        """Error lines of the server log that name ``model`` (e.g. a config it refused to load)."""
+        text = self._log_text()
+        return [ln.strip() for ln in text.splitlines() if ln.startswith("E") and f"'{model}'" in ln]
+
+    def _log_text(self) -> str:
+        if getattr(self, "_log", None) is None:
+            return getattr(self, "_last_log", "")
+        self._log.flush()
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
     def log_tail(self, lines: int = LOG_TAIL) -> str:
         """The server log's last ``lines`` non-table lines, joined with ' | '."""
-        if getattr(self, "_log", None) is None:
-            text = getattr(self, "_last_log", "")
-        else:
-            self._log.flush()
-            try:
-                text = self.log_path.read_text(errors="replace")
-            except OSError:
-                text = ""
+        text = self._log_text()
         keep = deque((ln.strip() for ln in text.splitlines()
                       if ln.strip() and not ln.startswith(("|", "+"))), maxlen=lines)
         return " | ".join(keep) or "(empty log)"
