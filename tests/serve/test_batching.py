@@ -42,6 +42,6 @@ def test_throughput_from_a_bench_result_uses_one_backend():
         throughput_by_batch(bench, "triton")
 
 
-def test_queue_delay_is_half_a_batch_one_inference():
-    assert queue_delay_us(4.0) == 2000
+def test_queue_delay_is_a_tenth_of_a_batch_one_inference():
+    assert queue_delay_us(4.0) == 400
     assert queue_delay_us(None) == 1000

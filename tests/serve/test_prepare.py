@@ -32,7 +32,7 @@ def test_onnx_config_matches_the_file(tiny_onnx, tmp_path):
     assert [(i.name, list(i.dims)) for i in c.input] == [("input", [3, 32, 32])]
     assert [(o.name, list(o.dims), o.label_filename) for o in c.output] == [("logits", [10], "labels.txt")]
     assert list(c.dynamic_batching.preferred_batch_size) == [4, 8, 16]  # knee 4 (310 >= 0.9 * 340) .. peak 16
-    assert c.dynamic_batching.max_queue_delay_microseconds == 5000     # half of batch 1's 10 ms
+    assert c.dynamic_batching.max_queue_delay_microseconds == 1000     # a tenth of batch 1's 10 ms
     from optimizer.serve.config import model_config_pb2
     assert (c.instance_group[0].count, c.instance_group[0].kind) == (2, model_config_pb2().ModelInstanceGroup.KIND_CPU)
     assert c.parameters["intra_op_thread_count"].string_value == "2"
