@@ -299,6 +299,13 @@ def run(args) -> int:
             if backend == "triton":
                 if onnx_path is None and kind == "model":
                     onnx_path = _export_onnx(loaded.model, tmp / "model.onnx", loaded.arch)
+                if args.images is not None and inputs is None:
+                    if onnx_path is None:
+                        raise VitoptError("--images with a Triton repository: give the ONNX file or model instead "
+                                          "(the repository's preprocessing is applied by `vitopt serve-check`)")
+                    with OrtRunner(onnx_path) as probe:
+                        inputs = _timing_images(args.images, max(batches), loaded, probe)
+                    inputs_note = f"{inputs.shape[0]} images from {args.images}"
                 rows += _served_rows(args, kind, onnx_path, batches, warmup, iters, min_time, threads, tmp, inputs)
                 continue
             if backend == "tensorrt" and not gpu_available():
