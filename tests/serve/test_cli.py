@@ -56,3 +56,15 @@ def test_bench_on_a_repository_serves_only_with_triton(tiny_onnx, tmp_path, caps
     assert main(["serve-prepare", path, "-o", str(tmp_path / "repo"), "--max-batch", "4"]) == 0
     assert main(["bench", str(tmp_path / "repo"), "--backend", "onnxruntime"]) == 2
     assert "only --backend triton serves it" in _err(capsys)
+
+
+def test_serve_modules_import_no_backend():
+    import subprocess
+    import sys
+    heavy = ["torch", "timm", "onnx", "onnxruntime", "tritonclient", "pytriton", "google.protobuf"]
+    code = ("import sys, json, optimizer.serve, optimizer.serve.check, optimizer.cli.cmd_serve, "
+            "optimizer.runners.triton_runner, optimizer.bench; "
+            f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
