@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import VitoptError
-from .config import LABELS_FILE, PLATFORMS, check_model_name, parse_config_text
+from .config import PLATFORMS, check_model_name, parse_config_text
 from .signature import signature_of
 
 # platform/backend in a config -> --platform name

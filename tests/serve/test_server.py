@@ -16,12 +16,8 @@ from .conftest import needs_server
 pytestmark = needs_server
 
 
-def _images(mini_val_or_folder):
-    return mini_val_or_folder
-
-
 @pytest.fixture
-def images(request, image_folder):
+def images(image_folder):
     """Real images: ../shared's imagenet-mini when present, else the small generated folder."""
     from tests.conftest import MINI
     return str(MINI / "val") if (MINI / "val").is_dir() else str(image_folder)
