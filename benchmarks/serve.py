@@ -14,12 +14,16 @@ the CPU with the server: on a 2-core machine that is part of what is measured.
 
     flock /tmp/vitopt-heavy.lock python benchmarks/serve.py --slim /tmp/slim75      # ~10 min, 2 CPU cores
 
+``--no-dense --append`` measures only the slim variant and adds it to an existing result (each
+variant records its own command, commit and environment).
+
 ``--slim DIR``: the output of ``vitopt compress --method slim --macs 0.75 --model deit_tiny_patch16_224
 --checkpoint ../shared/weights/deit_tiny_patch16_224.pth --calib ../shared/data/imagenet-mini/train -o DIR``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -103,15 +107,17 @@ def run_variant(label, onnx_path, args, tmp: Path) -> dict:
 
 def to_markdown(result: dict) -> str:
     lines = ["# Serving DeiT-Tiny through Triton (bundled server, python-ort) vs in-process ONNX Runtime", "",
-             f"Command: `{result['command']}`  ", f"Commit: {result['commit']}  ",
-             f"Machine: {result['environment']['cpu']} ({result['environment']['usable_cores']} usable cores), "
-             f"load avg at start {result['environment'].get('load_avg_1m')}; "
-             f"onnxruntime {result['environment']['versions'].get('onnxruntime')}, tritonserver 2.51 "
-             f"(nvidia-pytriton), {result['threads']} ONNX Runtime threads in process and per server instance.", "",
              "Served: single-image HTTP requests from C client threads on the same machine; medians over "
-             f"{result['rounds']} interleaved rounds. In process: one caller, batch = C images.", ""]
+             "interleaved rounds (no batching / dynamic batching in turn). In process: one caller, batch = C "
+             "images. The same ONNX Runtime thread count in process and per server instance.", ""]
     for v in result["variants"]:
+        env = v["environment"]
         lines += [f"## {v['label']} ({v['onnx']})", "",
+                  f"Command: `{v['command']}`  ", f"Commit: {v['commit']}  ",
+                  f"Machine: {env['cpu']} ({env['usable_cores']} usable cores), load avg at start "
+                  f"{env.get('load_avg_1m')}; onnxruntime {env['versions'].get('onnxruntime')}, tritonserver 2.51 "
+                  f"(nvidia-pytriton); {v['threads']} ONNX Runtime threads; {v['rounds']} rounds, windows of "
+                  f">= {v['requests_min']} requests and >= {v['min_time_s']:g} s, <= {v['max_time_s']:g} s.", "",
                   f"Knee of the in-process curve: batch {v['knee']}; preferred_batch_size "
                   f"{v['preferred_batch_size'] or 'none'}, max_queue_delay {v['max_queue_delay_us']} µs.", "",
                   "| C | in-process batch C: p50 ms | img/s | served, no batching: p50 ms | p99 ms | img/s "
@@ -141,6 +147,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=30, help="at least this many requests per window")
     ap.add_argument("--min-time", type=float, default=3.0)
     ap.add_argument("--max-time", type=float, default=20.0)
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense variant")
+    ap.add_argument("--append", action="store_true", help="add to (replace the same labels in) an existing result")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve"))
     args = ap.parse_args()
     if not WEIGHTS.is_file():
@@ -149,7 +157,7 @@ def main() -> int:
     variants = []
     with tempfile.TemporaryDirectory(prefix="vitopt-serve-bench-") as td:
         tmp = Path(td)
-        todo = [("dense", "deit_tiny_patch16_224", str(WEIGHTS))]
+        todo = [] if args.no_dense else [("dense", "deit_tiny_patch16_224", str(WEIGHTS))]
         if args.slim:
             todo.append(("slim075", args.slim, None))
         for label, model, ckpt in todo:
@@ -158,13 +166,19 @@ def main() -> int:
             variants[-1]["onnx"] = f"exported from {model if not Path(model).exists() else _rel(model)}"
     cmd = "flock /tmp/vitopt-heavy.lock python benchmarks/serve.py" + (f" --slim {_rel(args.slim)}" if args.slim
                                                                       else "")
+    cmd += " --no-dense --append" if args.no_dense and args.append else " --no-dense" if args.no_dense else ""
     for flag, value, default in (("--concurrency", args.concurrency, "1,4,16"), ("--threads", args.threads, 2),
                                  ("--rounds", args.rounds, 3), ("--requests", args.requests, 30),
                                  ("--min-time", args.min_time, 3.0), ("--max-time", args.max_time, 20.0)):
         cmd += f" {flag} {value}" if value != default else ""
-    result = {"command": cmd, "commit": _commit(), "environment": env, "threads": args.threads,
-              "rounds": args.rounds, "requests_min": args.requests, "min_time_s": args.min_time,
-              "max_time_s": args.max_time, "variants": variants}
+    for v in variants:
+        v.update(command=cmd, commit=_commit(), environment=env, threads=args.threads, rounds=args.rounds,
+                 requests_min=args.requests, min_time_s=args.min_time, max_time_s=args.max_time)
+    result = {"format": "vitopt-serve-bench", "version": 1, "variants": variants}
+    if args.append and Path(args.out + ".json").is_file():
+        old = json.loads(Path(args.out + ".json").read_text())
+        labels = {v["label"] for v in variants}
+        result["variants"] = [v for v in old.get("variants", []) if v["label"] not in labels] + variants
     write_json(args.out + ".json", result)
     md = to_markdown(result)
     write_text(args.out + ".md", md)
