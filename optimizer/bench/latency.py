@@ -38,7 +38,7 @@ class BenchRow:
     mean_ms: float
     min_ms: float
     max_ms: float
-    throughput_ips: float          # images per second = batch / p50
+    throughput_ips: float          # images per second = batch / p50 (served rows: images done / wall time)
     iters: int                     # timed iterations behind the percentiles
     warmup: int
     device: str = "cpu"
@@ -46,6 +46,7 @@ class BenchRow:
     mem_source: str = ""
     load_avg_1m: Optional[float] = None   # right after timing: > usable cores means the run was contended
     env: dict = field(default_factory=dict)
+    concurrency: Optional[int] = None     # requests in flight (served benchmarks); None: one caller
 
     def to_dict(self) -> dict:
         return asdict(self)

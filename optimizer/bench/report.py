@@ -21,6 +21,8 @@ def _env_line(env: dict) -> str:
         parts.append(f"GPU {env['gpu']}")
     if env.get("threads") is not None:
         parts.append(f"threads {env['threads']}")
+    if env.get("server"):
+        parts.append(f"served by {env['server']} over {env.get('protocol', '?')}")
     if env.get("ort_allow_spinning") is not None:
         parts.append(f"ORT spinning {'on' if env['ort_allow_spinning'] else 'off'}")
     parts.append(", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "tensorrt", "tensorrt_rtx") if v.get(k)))
@@ -34,11 +36,13 @@ def to_markdown(rows: Sequence[BenchRow], title: str = "") -> str:
 
     Example: ``print(to_markdown(benchmark(runner)))``
     """
-    head = ("| runner | backend | precision | batch | p50 ms | p90 ms | p99 ms | mean ms | img/s | "
-            "peak mem MB | iters |")
-    lines = ([f"### {title}", ""] if title else []) + [head, "|" + "---|" * 11]
+    served = any(r.concurrency is not None for r in rows)   # served rows add a concurrency column
+    head = ("| runner | backend | precision | batch | " + ("concurrency | " if served else "")
+            + "p50 ms | p90 ms | p99 ms | mean ms | img/s | peak mem MB | iters |")
+    lines = ([f"### {title}", ""] if title else []) + [head, "|" + "---|" * (12 if served else 11)]
     for r in rows:
-        lines.append(f"| {r.name} | {r.backend} | {r.precision} | {r.batch} | {_f(r.p50_ms)} | {_f(r.p90_ms)} | "
+        conc = (f"{r.concurrency if r.concurrency is not None else '–'} | " if served else "")
+        lines.append(f"| {r.name} | {r.backend} | {r.precision} | {r.batch} | {conc}{_f(r.p50_ms)} | {_f(r.p90_ms)} | "
                      f"{_f(r.p99_ms)} | {_f(r.mean_ms)} | {_f(r.throughput_ips, 1)} | {_f(r.peak_mem_mb, 1)} | "
                      f"{r.iters} |")
     seen = []

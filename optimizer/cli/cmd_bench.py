@@ -4,6 +4,12 @@ FILE decides what can run: an ``.onnx`` file runs in ONNX Runtime (and TensorRT,
 fly, on a GPU machine), an ``.engine`` in TensorRT, a timm model name or a compressed model
 directory in PyTorch — and in ONNX Runtime after a temporary export. Every backend goes through
 ``optimizer.bench.benchmark``; the table printed is ``optimizer.bench.to_markdown``.
+``--backend triton`` serves a Triton model repository (or an ONNX file / model, prepared as a
+python-ort model in a temporary repository) with the bundled server on loopback and measures
+served latency per concurrency (``optimizer.bench.served_benchmark``).
+
+The ONNX Runtime path imports neither torch nor timm: a light install (numpy, onnxruntime,
+psutil and vitopt without its dependencies) benchmarks ONNX files on an edge box.
 """
 from __future__ import annotations
 
@@ -15,20 +21,27 @@ from pathlib import Path
 from ..errors import VitoptError
 from .common import parse_batches, positive_int
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "tensorrt", "triton")
 _ALIASES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "torch": "torch", "pytorch": "torch",
-            "tensorrt": "tensorrt", "trt": "tensorrt"}
+            "tensorrt": "tensorrt", "trt": "tensorrt", "triton": "triton"}
 SKIP_TRT = "tensorrt: skipped, engine cannot run here (no NVIDIA GPU)"
 
 
 def register(sub) -> None:
     p = sub.add_parser("bench", help="latency p50/p90/p99, throughput and peak memory per backend and batch size",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("target", metavar="FILE|MODEL",
-                   help=".onnx file, .engine file, timm model name or compressed model directory")
+    p.add_argument("target", metavar="FILE|MODEL|REPO",
+                   help=".onnx file, .engine file, timm model name, compressed model directory, or a Triton "
+                        "model repository (--backend triton)")
     p.add_argument("--backend", default=None,
-                   help="comma list of onnxruntime, torch, tensorrt (default: onnxruntime for .onnx, "
-                        "tensorrt for .engine, torch for a model)")
+                   help="comma list of onnxruntime, torch, tensorrt, triton (default: onnxruntime for .onnx, "
+                        "tensorrt for .engine, torch for a model, triton for a repository)")
+    p.add_argument("--concurrency", default="1,4,16",
+                   help="triton: comma list of requests kept in flight (default 1,4,16)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="triton: client protocol")
+    p.add_argument("--serve-model", metavar="NAME", help="triton: the model in REPO (default: its only model)")
+    p.add_argument("--max-time", default="30",
+                   help="triton: at most this many seconds per (batch, concurrency) window (default 30)")
     p.add_argument("--batch", default="1,8,32", help="comma list of batch sizes (default 1,8,32)")
     p.add_argument("--threads", default=None,
                    help="CPU threads: ONNX Runtime intra-op and torch (default: physical cores for ORT, "
@@ -63,12 +76,15 @@ def _kind(target: str) -> str:
         return "onnx"
     if target.endswith((".engine", ".plan", ".trt")):
         return "engine"
+    if os.path.isdir(target) and any(os.path.isfile(os.path.join(target, d, "config.pbtxt"))
+                                     for d in os.listdir(target)):
+        return "repo"
     return "model"
 
 
 def _parse_backends(text, kind) -> list:
     if text is None:
-        return [{"onnx": "onnxruntime", "engine": "tensorrt", "model": "torch"}[kind]]
+        return [{"onnx": "onnxruntime", "engine": "tensorrt", "model": "torch", "repo": "triton"}[kind]]
     out = []
     for part in str(text).split(","):
         part = part.strip().lower()
@@ -115,6 +131,13 @@ def _validate(args):
         require_file(args.target, "TensorRT engine")
     if kind != "model" and args.checkpoint and args.checkpoint != os.environ.get("VITOPT_CHECKPOINT"):
         raise VitoptError(f"--checkpoint applies to a timm model name, not to {args.target}")
+    if kind == "repo" and backends != ["triton"]:
+        raise VitoptError(f"{args.target} is a Triton model repository: only --backend triton serves it")
+    if "triton" in backends and kind == "engine":
+        raise VitoptError("--backend triton: the bundled Triton server has no TensorRT backend; prepare the engine "
+                          "with `vitopt serve-prepare` and serve it on a Triton with TensorRT")
+    if "triton" not in backends and (args.concurrency != "1,4,16" or args.serve_model):
+        raise VitoptError("--concurrency / --serve-model apply to --backend triton")
     for b in backends:
         if b == "torch" and kind != "model":
             raise VitoptError(f"backend torch needs a timm model name or compressed model directory, "
@@ -126,6 +149,45 @@ def _validate(args):
         if not gpu_available():
             raise VitoptError("--device cuda: torch sees no CUDA GPU on this machine")
     return kind, backends, batches, warmup, iters, min_time, threads
+
+
+def _served_rows(args, kind, onnx_path, batches, warmup, iters, min_time, threads, tmp: Path, inputs):
+    """Rows of ``--backend triton``: the bundled server on loopback serving the repository (or a
+    temporary python-ort repository of the ONNX file) under each concurrency."""
+    from ..bench import served_benchmark
+    from ..runners.triton_runner import TritonRunner
+    from ..serve import ServeConfig, prepare_repository
+    from ..serve.check import model_dirs
+    from ..serve.server import TritonServer
+    concurrency = parse_batches(args.concurrency)
+    try:
+        max_time = float(args.max_time)
+    except ValueError:
+        raise VitoptError(f"--max-time must be a number of seconds, got {args.max_time!r}") from None
+    if not max_time >= min_time:
+        raise VitoptError(f"--max-time ({args.max_time}) must be at least --min-time ({min_time:g})")
+    if kind == "repo":
+        repo = Path(args.target)
+        dirs = model_dirs(repo, args.serve_model)
+        if len(dirs) > 1:
+            raise VitoptError(f"{repo} holds {len(dirs)} models ({', '.join(d.name for d in dirs)}): "
+                              "name one with --serve-model")
+        name = dirs[0].name
+    else:
+        repo, name = tmp / "repo", "model"
+        prepare_repository(onnx_path, repo, ServeConfig(name, platform="python-ort", max_batch=max(batches),
+                                                        preferred=(), threads=threads))
+        print(f"triton: serving {Path(onnx_path).name} as a python-ort model (max_batch_size {max(batches)}, "
+              "dynamic batching)", file=sys.stderr)
+    print(f"triton: batch {','.join(map(str, batches))} x concurrency {','.join(map(str, concurrency))}, "
+          f">= {iters} requests and >= {min_time:g} s, <= {max_time:g} s per window ({args.protocol})",
+          file=sys.stderr)
+    with TritonServer(repo, [name]) as server:
+        url = server.http_url if args.protocol == "http" else server.grpc_url
+        return served_benchmark(lambda: TritonRunner(url, name, protocol=args.protocol), batches, concurrency,
+                                warmup=warmup, min_requests=iters, min_time_s=min_time,
+                                max_requests=max(iters, 100000), max_time_s=max_time, inputs=inputs,
+                                name=f"triton:{name}")
 
 
 def _export_onnx(model, path: Path, what: str) -> str:
@@ -216,6 +278,18 @@ def run(args) -> int:
         tmp = Path(td)
         onnx_path = args.target if kind == "onnx" else None
         for backend in backends:
+            if backend == "triton":
+                if onnx_path is None and kind == "model":
+                    onnx_path = _export_onnx(loaded.model, tmp / "model.onnx", loaded.arch)
+                if args.images is not None and inputs is None:
+                    if onnx_path is None:
+                        raise VitoptError("--images with a Triton repository: give the ONNX file or model instead "
+                                          "(the repository's preprocessing is applied by `vitopt serve-check`)")
+                    with OrtRunner(onnx_path) as probe:
+                        inputs = _timing_images(args.images, max(batches), loaded, probe)
+                    inputs_note = f"{inputs.shape[0]} images from {args.images}"
+                rows += _served_rows(args, kind, onnx_path, batches, warmup, iters, min_time, threads, tmp, inputs)
+                continue
             if backend == "tensorrt" and not gpu_available():
                 print(SKIP_TRT)
                 skipped.append({"backend": "tensorrt", "reason": "no NVIDIA GPU"})
@@ -259,7 +333,9 @@ def run(args) -> int:
                 "notes": notes, "settings": {"batch_sizes": batches, "warmup": warmup, "iters": iters,
                                              "min_time_s": min_time, "threads": threads,
                                              "ort_allow_spinning": args.spinning, "fp16": args.fp16,
-                                             "device": args.device, "inputs": inputs_note},
+                                             "device": args.device, "inputs": inputs_note,
+                                             "concurrency": parse_batches(args.concurrency)
+                                             if "triton" in backends else None},
                 "interleaved": inter})
     if args.json:
         write_json(args.json, out)
