@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .common import add_json_arg, add_model_args, load_model_from_args, positive_int, write_json_result
@@ -63,7 +62,7 @@ def run(args) -> int:
     from ..errors import VitoptError
     from ..export import check_parity, compare_outputs, onnx_from_torch, save_onnx, set_metadata
     from ..export.parity import ort_session
-    from ..fileio import _check_parent
+    from ..fileio import _check_parent, temp_dir
     from ..methods.gates.export import GATES_K_MODES, gates_k_mode
     opset = positive_int(args.opset, "--opset")
     if args.gates_k is not None and args.gates_k not in GATES_K_MODES:
@@ -83,7 +82,7 @@ def run(args) -> int:
     loaded = load_model_from_args(args)
     model = loaded.model.eval()
     out = {"model": loaded.to_dict(), "output": args.output}
-    with gates_k_mode(model, args.gates_k) as gates_meta, tempfile.TemporaryDirectory(prefix="vitopt-export-") as tmp:
+    with gates_k_mode(model, args.gates_k) as gates_meta, temp_dir("vitopt-export-") as tmp:
         if gates_meta:
             print(f"gates: K {gates_meta['vitopt.gates.k']} in {gates_meta['vitopt.gates.modules']} gated modules")
             out["gates_k"] = gates_meta["vitopt.gates.k"]
