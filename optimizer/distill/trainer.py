@@ -236,7 +236,8 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     # data: this rank's share of each epoch, augmented with timm's training transform
     from ..data.folder import ImageFolderData, collate, eval_transform, train_transform
     tf = train_transform(student) if cfg.augment else eval_transform(student)
-    ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit)
+    ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit,
+                         num_classes=getattr(student, "num_classes", None))
     guard = None
     if cfg.holdout > 0:
         guard = HoldoutGuard.split(ds, cfg.holdout, eval_transform(student), teacher, device, cfg.batch_size,
