@@ -227,6 +227,8 @@ def run(args) -> int:
         from ..models.loading import load_model
         loaded = load_model(args.target, args.checkpoint)
         print(f"model: {loaded.describe()}", file=sys.stderr)
+    from ..resources import check_batch_memory, sample_shape_of
+    check_batch_memory(max(batches), sample_shape_of(kind, args.target, loaded), args.device)
     rows, skipped, notes, runners, inter = [], [], [], {}, None
     inputs, inputs_note = None, "random standard-normal input (seed 0)"
     with temp_dir("vitopt-bench-") as td:

@@ -13,6 +13,7 @@ one line), its structure's values must have the right types, and the rebuilt mod
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -93,10 +94,16 @@ def read_state_dict(path: str | os.PathLike) -> dict:
             return load_file(str(path))
         except Exception as e:  # safetensors raises several types for corrupt headers
             raise VitoptError(f"cannot read safetensors checkpoint {path}: {e}") from None
+    if path.stat().st_size == 0:
+        raise VitoptError(f"checkpoint {path} is empty (0 bytes)")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise VitoptError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        if isinstance(e, (EOFError, pickle.UnpicklingError)) or "Weights only load failed" in str(e):
+            why = "truncated or not a torch.save file of tensors"
+        else:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise VitoptError(f"cannot read checkpoint {path}: {why} ({type(e).__name__})") from None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
