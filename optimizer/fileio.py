@@ -109,6 +109,12 @@ def final_paths(obj):
     return obj
 
 
+def _name_final(e: OSError, tmp: Path) -> None:
+    """An OSError about a temporary name names the final path instead (the user never sees the other)."""
+    if e.filename and str(e.filename).startswith(str(tmp)):
+        e.filename = final_path(e.filename)
+
+
 def _check_parent(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     try:
@@ -211,7 +217,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _register(tmp, path)
     try:
         os.chmod(tmp, _new_mode(False))
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            _name_final(e, tmp)
+            raise
         if tmp.exists():
             os.chmod(tmp, _new_mode(False))  # writers that recreate the file get the umask too
         os.replace(tmp, path)
@@ -243,7 +253,11 @@ def atomic_dir(path: str | os.PathLike, kind: str = "output", force: bool = Fals
         os.chmod(tmp, _new_mode(True))
         (tmp / MARKER).write_text(json.dumps({"kind": kind}) + "\n")
         os.chmod(tmp / MARKER, _new_mode(False))
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            _name_final(e, tmp)
+            raise
         if path.exists():
             with _lock:
                 allowed = force or Path(os.path.realpath(path)) in _forced

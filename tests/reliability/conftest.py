@@ -16,7 +16,7 @@ import pytest
 from optimizer.cli.main import main
 
 ARCH = "test_vit"        # timm's own test ViT: random weights, builds in milliseconds
-INFO_PREFIXES = ("model:", "student:", "teacher:", "reference:", "onnxruntime:", "tensorrt:", "building ",
+INFO_PREFIXES = ("[", "eval:", "export:", "build:", "bench:", "model:", "student:", "teacher:", "reference:", "onnxruntime:", "tensorrt:", "building ",
                  "warning:", "distill:", "slim:", "lowrank:", "gates:", "work directory ")
 
 
