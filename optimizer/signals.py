@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import threading
-from typing import Iterator
+from typing import Iterator, Optional
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -33,6 +33,15 @@ class Stopped(BaseException):
         return signal.Signals(self.signum).name
 
 
+_received: list = []     # the signal numbers seen while ``stop_on_signals`` was active
+
+
+def received() -> Optional[int]:
+    """The signal that stopped this command, if one did (an error raised while stopping, e.g. by a
+    DataLoader whose worker got the same signal, is still reported as the stop it is)."""
+    return _received[0] if _received else None
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block, SIGTERM / SIGINT raise ``Stopped``; a second one exits at once (after
@@ -41,13 +50,20 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     from .fileio import remove_temporaries
-    seen = []
+    owner = os.getpid()
+    _received.clear()
 
     def handler(signum, frame):
-        if seen:
+        if os.getpid() != owner:
+            # a forked child (a DataLoader worker) inherited this handler: die as the signal says,
+            # quietly; the parent cleans up
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if _received:
             remove_temporaries()
             os._exit(128 + signum)
-        seen.append(signum)
+        _received.append(signum)
         raise Stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in HANDLED}

@@ -69,13 +69,18 @@ def check_outputs(args) -> None:
 def main(argv=None) -> int:
     from ..errors import VitoptError
     from ..fileio import remove_temporaries
-    from ..signals import Stopped, stop_on_signals
+    from ..signals import Stopped, received, stop_on_signals
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with stop_on_signals():
-            check_outputs(args)
-            rc = args.func(args)
+            try:
+                check_outputs(args)
+                rc = args.func(args)
+            except Exception:
+                if received():   # the error is a consequence of the signal (e.g. a killed data worker)
+                    raise Stopped(received()) from None
+                raise
         return int(rc or 0)
     except VitoptError as e:
         print(f"vitopt {args.command}: error: {_one_line(e)}", file=sys.stderr)

@@ -35,13 +35,14 @@ def _commands(broken, out: Path) -> dict:
     }
 
 
-def _signal_during(argv, marker: str, delay: float, sandbox, signals=(signal.SIGTERM,)):
-    """Start ``vitopt argv``; ``delay`` s after ``marker`` appears on stderr send ``signals``.
+def _signal_during(argv, marker: str, delay: float, sandbox, signals=(signal.SIGTERM,), group: bool = False):
+    """Start ``vitopt argv``; ``delay`` s after ``marker`` appears on stderr send ``signals`` (to the
+    whole process group with ``group``, as coreutils ``timeout`` does, data workers included).
     Returns (was it still running when signalled, exit code, stderr)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(sandbox.tmpdir))
     env.pop("VITOPT_DEBUG", None)
     p = subprocess.Popen([sys.executable, "-m", "optimizer.cli.main", *map(str, argv)], cwd=sandbox.root, env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=group)
     lines, started = [], threading.Event()
 
     def read():
@@ -56,7 +57,7 @@ def _signal_during(argv, marker: str, delay: float, sandbox, signals=(signal.SIG
         time.sleep(delay)
         running = p.poll() is None
         for s in signals:
-            p.send_signal(s)
+            os.killpg(p.pid, s) if group else p.send_signal(s)
         rc = p.wait(timeout=300)
     finally:
         if p.poll() is None:
@@ -99,4 +100,18 @@ def test_second_signal_exits_at_once(broken, sandbox):
     argv, marker = _commands(broken, out)["compress"]
     running, rc, err = _signal_during(argv, marker, 0.5, sandbox, signals=(signal.SIGTERM, signal.SIGTERM))
     assert running and rc == 143, err
+    assert list(out.iterdir()) == []
+
+
+def test_sigterm_to_the_group_with_data_workers(broken, sandbox):
+    """``timeout`` signals the whole group: the data loader's workers die quietly, the command reports the stop."""
+    out = sandbox.root / "out"
+    out.mkdir()
+    argv = ["compress", "--method", "slim", "--model", ARCH, "--calib", broken["data"], "--macs", "0.7",
+            "-o", out / "slim", "--set", "steps=40", "--set", "batch_size=2", "--set", "recovery=none",
+            "--workers", "1"]
+    running, rc, err = _signal_during(argv, "model:", 1.5, sandbox, group=True)
+    assert running and rc == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "vitopt compress: stopped by SIGTERM; temporary files removed", err
     assert list(out.iterdir()) == []
