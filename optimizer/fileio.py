@@ -199,6 +199,12 @@ def check_output(path: str | os.PathLike, kind: str = FILE, *, force: bool = Fal
     return p
 
 
+def forget_forced() -> None:
+    """End of a command: its ``--force`` no longer applies to later writes in this process."""
+    with _lock:
+        _forced.clear()
+
+
 def _new_mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 

@@ -68,7 +68,7 @@ def check_outputs(args) -> None:
 
 def main(argv=None) -> int:
     from ..errors import VitoptError
-    from ..fileio import remove_temporaries
+    from ..fileio import forget_forced, remove_temporaries
     from ..signals import Stopped, received, stop_on_signals
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,6 +104,8 @@ def main(argv=None) -> int:
         print(f"vitopt {args.command}: internal error: {type(e).__name__}: {_one_line(e)} "
               "(set VITOPT_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        forget_forced()
 
 
 def _one_line(e: BaseException) -> str:
