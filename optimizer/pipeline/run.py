@@ -206,6 +206,9 @@ def _step_bench(st: RunState, opts: dict) -> dict:
     if any((not isinstance(b, int)) or b < 1 for b in batches):
         raise VitoptError(f"bench batch sizes must be positive integers, got {batches}")
     kw = {k: int(opts[k]) for k in ("iters", "warmup") if k in opts}
+    from ..counting import model_input_size
+    from ..resources import check_batch_memory
+    check_batch_memory(max(batches), model_input_size(st.model), _device(st), what="bench batch")
     rows, skipped = [], {}
     for be in backends:
         if be == "onnxruntime":

@@ -136,6 +136,8 @@ def broken(tmp_path_factory) -> dict:
     p["cuda_recipe"] = root / "cuda.yaml"
     (root / "eval.yaml").write_text(f"model: {ARCH}\nsteps:\n  - eval: {{}}\n")
     p["eval_recipe"] = root / "eval.yaml"
+    (root / "huge_bench.yaml").write_text(f"model: {ARCH}\nsteps:\n  - bench: {{batch: [100000], backends: [torch]}}\n")
+    p["huge_bench_recipe"] = root / "huge_bench.yaml"
     (root / "missing_ckpt.yaml").write_text(f"model: {ARCH}\ncheckpoint: {root / 'nope.pth'}\nsteps:\n  - eval: {{}}\n")
     p["missing_ckpt_recipe"] = root / "missing_ckpt.yaml"
     (root / "not_a_model_dir").mkdir()

@@ -75,6 +75,7 @@ CASES = [
     ("run-o-cwd", ["run", "{eval_recipe}", "-o", "."], "is the current directory"),
     ("run-garbage-recipe", ["run", "{bad_recipe}", "-o", "{out}"], "bad.yaml"),
     ("run-missing-checkpoint", ["run", "{missing_ckpt_recipe}", "-o", "{out}"], "checkpoint not found"),
+    ("run-bench-huge-batch", ["run", "{huge_bench_recipe}", "-o", "{out}"], "bench batch 100000 needs about"),
     ("run-json-dir", ["run", "{eval_recipe}", "-o", "{out}", "--json", "{user_dir}"], "is a directory"),
 ]
 
