@@ -49,6 +49,9 @@ def run(args) -> int:
         loader = build_loader(args.data, loaded.model, batch_size=bs, synsets=args.synsets, workers=workers,
                               limit=limit)
         res = evaluate(loaded.model, loader, reference=ref)
+        if res.images == 0:   # an accuracy of nothing is not a result: never exit 0 with it
+            raise VitoptError(f"no readable image in {args.data}: all {len(res.failed)} failed to decode "
+                              f"(first: {res.failed[0] if res.failed else 'none'})")
         r = res.to_dict()
         if loaded.is_random:
             # accuracy of random weights is noise: never print it as if it meant something

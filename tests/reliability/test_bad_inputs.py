@@ -30,6 +30,8 @@ CASES = [
      "pass --synsets FILE"),
     ("eval-3-folders-1000-classes", ["eval", "--model", ARCH, "--data", "{three_plain_classes}", "--workers", "0"],
      "pass --synsets FILE"),
+    ("eval-only-corrupt-images", ["eval", "--model", ARCH, "--checkpoint", "{good_pth}", "--data", "{corrupt_images}",
+                                  "--workers", "0"], "no readable image in"),
     ("eval-not-a-model-dir", ["eval", "--model", "{not_a_model_dir}"], "is not a compressed model directory"),
     # export
     ("export-o-dir", ["export", "--model", ARCH, "-o", "{user_dir}"], "is a directory"),
