@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ..errors import VitoptError
@@ -263,7 +262,7 @@ def _timing_images(folder: str, count: int, loaded, runner):
 
 def run(args) -> int:
     from ..bench import benchmark, interleaved_latency, interleaved_to_markdown, rows_to_dict, to_markdown
-    from ..fileio import write_json, write_text
+    from ..fileio import temp_dir, write_json, write_text
     from ..runners import OrtRunner, TorchRunner, gpu_available
 
     kind, backends, batches, warmup, iters, min_time, threads = _validate(args)
@@ -272,9 +271,11 @@ def run(args) -> int:
         from ..models.loading import load_model
         loaded = load_model(args.target, args.checkpoint)
         print(f"model: {loaded.describe()}", file=sys.stderr)
+    from ..resources import check_batch_memory, sample_shape_of
+    check_batch_memory(max(batches), sample_shape_of(kind, args.target, loaded), args.device)
     rows, skipped, notes, runners, inter = [], [], [], {}, None
     inputs, inputs_note = None, "random standard-normal input (seed 0)"
-    with tempfile.TemporaryDirectory(prefix="vitopt-bench-") as td:
+    with temp_dir("vitopt-bench-") as td:
         tmp = Path(td)
         onnx_path = args.target if kind == "onnx" else None
         for backend in backends:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import add_json_arg, add_model_args, load_model_from_args, write_json_result
+from ..resources import resolve_device
+from .common import (add_json_arg, add_model_args, load_model_from_args, non_negative_int,
+                     write_json_result)
 
 
 def register(sub) -> None:
@@ -30,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--work-dir", help="keep resumable method checkpoints here")
     p.add_argument("-o", "--output", required=True, help="output directory (recipe.json + model.safetensors)")
     add_json_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, output_kind="compressed")
 
 
 def run(args) -> int:
@@ -49,12 +51,8 @@ def run(args) -> int:
     out = args.output
     if os.path.exists(out) and not os.path.isdir(out):
         raise VitoptError(f"output {out} exists and is not a directory")
-    import torch
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda":
-        if not torch.cuda.is_available():
-            raise VitoptError("--device cuda: no CUDA device available")
+    args.device = resolve_device(args.device)
+    workers, seed = non_negative_int(args.workers, "--workers"), non_negative_int(args.seed, "--seed")
     loaded = load_model_from_args(args)
     teacher = None
     if args.teacher:
@@ -62,7 +60,7 @@ def run(args) -> int:
         teacher = load_model(args.teacher, args.teacher_checkpoint).model
     before = count_macs(loaded.model)
     cm = compress_loaded(loaded, [cfg], args.calib, teacher=teacher, device=args.device,
-                         workers=int(args.workers), seed=int(args.seed), work_dir=args.work_dir,
+                         workers=workers, seed=seed, work_dir=args.work_dir,
                          log=lambda s: print(s, file=sys.stderr))
     cm.model.to("cpu")
     after = count_macs(cm.model)

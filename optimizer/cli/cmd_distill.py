@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import add_json_arg, write_json_result
+from ..resources import resolve_device
+from .common import add_json_arg, non_negative_int, write_json_result
 
 REPORT = "distill_report.json"
 
@@ -44,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--work-dir", help="resumable checkpoints (default: OUTPUT.distill-work when -o is given)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     add_json_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, output_kind="compressed")
 
 
 def _config(args):
@@ -76,15 +77,11 @@ def run(args) -> int:
             raise VitoptError(f"{what} directory not found: {path}")
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         raise VitoptError(f"output {args.output} exists and is not a directory")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VitoptError("--device cuda: no CUDA device available")
+    device = resolve_device(args.device)
     work_dir = args.work_dir or (f"{args.output.rstrip('/')}.distill-work" if args.output else None)
     if args.resume and not work_dir:
         raise VitoptError("--resume needs --work-dir (or -o, whose work directory it then uses)")
-    seed, workers = int(args.seed), int(args.workers)
+    seed, workers = non_negative_int(args.seed, "--seed"), non_negative_int(args.workers, "--workers")
 
     student = load_model(args.student, args.student_checkpoint)
     if student.is_random:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import add_json_arg, add_model_args, load_model_from_args, positive_int, write_json_result
+from .common import (add_json_arg, add_model_args, dumps, load_model_from_args, non_negative_int, positive_int,
+                     write_json_result)
 
 
 def register(sub) -> None:
@@ -26,7 +27,7 @@ def run(args) -> int:
     from ..counting import count_macs
     from ..errors import VitoptError
     bs = positive_int(args.batch_size, "--batch-size")
-    workers = int(args.workers)
+    workers = non_negative_int(args.workers, "--workers")
     limit = positive_int(args.limit, "--limit") if args.limit else None
     if args.data and not os.path.isdir(args.data):
         raise VitoptError(f"data directory not found: {args.data}")
@@ -48,6 +49,9 @@ def run(args) -> int:
         loader = build_loader(args.data, loaded.model, batch_size=bs, synsets=args.synsets, workers=workers,
                               limit=limit)
         res = evaluate(loaded.model, loader, reference=ref)
+        if res.images == 0:   # an accuracy of nothing is not a result: never exit 0 with it
+            raise VitoptError(f"no readable image in {args.data}: all {len(res.failed)} failed to decode "
+                              f"(first: {res.failed[0] if res.failed else 'none'})")
         r = res.to_dict()
         if loaded.is_random:
             # accuracy of random weights is noise: never print it as if it meant something

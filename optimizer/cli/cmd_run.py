@@ -7,9 +7,9 @@ from .common import add_json_arg, write_json_result
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a YAML recipe (compress, eval, export, build, bench) into OUT/")
     p.add_argument("recipe", help="recipe YAML file")
-    p.add_argument("-o", "--output", required=True, help="output directory (replaced atomically on success)")
+    p.add_argument("-o", "--output", required=True, help="output directory (a previous run output is replaced atomically on success)")
     add_json_arg(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, output_kind="run")
 
 
 def run(args) -> int:

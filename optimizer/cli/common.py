@@ -39,12 +39,22 @@ def parse_batches(text: str) -> list:
 
 
 def positive_int(text: str, name: str) -> int:
+    return _int_at_least(text, name, 1)
+
+
+def non_negative_int(text: str, name: str) -> int:
+    """An integer >= 0 (e.g. --workers 0: load data in the main process)."""
+    return _int_at_least(text, name, 0)
+
+
+def _int_at_least(text: str, name: str, lowest: int) -> int:
+    what = "a positive integer" if lowest == 1 else f"an integer >= {lowest}"
     try:
         v = int(text)
     except (TypeError, ValueError):
-        raise VitoptError(f"{name} must be an integer, got {text!r}") from None
-    if v < 1:
-        raise VitoptError(f"{name} must be positive, got {v}")
+        raise VitoptError(f"{name} must be {what}, got {text!r}") from None
+    if v < lowest:
+        raise VitoptError(f"{name} must be {'positive' if lowest == 1 else f'>= {lowest}'}, got {v}")
     return v
 
 

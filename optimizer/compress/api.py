@@ -19,10 +19,12 @@ class CompressedModel:
     model_kwargs: dict = field(default_factory=dict)
     steps: list = field(default_factory=list)   # [{"method", "config", "structure", "report"}]
     base_weights: str = "checkpoint"           # "checkpoint" | "pretrained" | "random"
+    base_weights_sha256: str | None = None     # sha256 of the base weights file (None: random / unknown)
 
     def recipe(self) -> dict:
         return {"format": "vitopt-recipe", "version": RECIPE_VERSION, "arch": self.arch,
                 "model_kwargs": self.model_kwargs, "base_weights": self.base_weights,
+                "base_weights_sha256": self.base_weights_sha256,
                 "steps": [{k: s[k] for k in ("method", "config", "structure")} for s in self.steps],
                 "reports": [s.get("report", {}) for s in self.steps]}
 

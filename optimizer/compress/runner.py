@@ -71,5 +71,6 @@ def compress_loaded(loaded, configs, calib: Optional[str], teacher=None, device:
     base_weights = prior.base_weights if prior else ("random" if loaded.is_random else loaded.weights)
     cm = compress(loaded.model, configs, ctx, arch=loaded.arch, model_kwargs=loaded.model_kwargs,
                   base_weights=base_weights, prior_steps=prior.steps if prior else ())
+    cm.base_weights_sha256 = prior.base_weights_sha256 if prior else loaded.weights_sha256
     cm.model.eval()
     return cm

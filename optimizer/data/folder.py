@@ -22,17 +22,18 @@ class ImageFolderData(Dataset):
     """(image tensor, label) pairs; an unreadable image yields ``None`` and is counted by the collate.
 
     ``labeled=False`` takes every image under ``root`` with label -1 (distillation needs none).
+    ``num_classes`` (the model's head) refuses labels that cannot be the model's (``labels.check_fits``).
     """
 
     def __init__(self, root: str | Path, transform, synsets: Optional[str] = None,
-                 labeled: bool = True, limit: Optional[int] = None):
+                 labeled: bool = True, limit: Optional[int] = None, num_classes: Optional[int] = None):
         root = Path(root)
         if not root.is_dir():
             raise VitoptError(f"data directory not found: {root}")
         self.root, self.transform = root, transform
         self.label_map: Optional[LabelMap] = None
         if labeled:
-            self.label_map = find_label_map(root, synsets)
+            self.label_map = find_label_map(root, synsets, num_classes)
             class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
             unknown = [p.name for p in class_dirs if p.name not in self.label_map.index]
             if unknown:
@@ -116,7 +117,8 @@ def build_loader(root: str | Path, model, batch_size: int = 64, synsets: Optiona
     if batch_size < 1:
         raise VitoptError(f"batch size must be positive, got {batch_size}")
     tf = train_transform(model) if train else eval_transform(model)
-    ds = ImageFolderData(root, tf, synsets=synsets, labeled=labeled, limit=limit)
+    ds = ImageFolderData(root, tf, synsets=synsets, labeled=labeled, limit=limit,
+                         num_classes=getattr(model, "num_classes", None))
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,

@@ -236,7 +236,8 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     # data: this rank's share of each epoch, augmented with timm's training transform
     from ..data.folder import ImageFolderData, collate, eval_transform, train_transform
     tf = train_transform(student) if cfg.augment else eval_transform(student)
-    ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit)
+    ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit,
+                         num_classes=getattr(student, "num_classes", None))
     guard = None
     if cfg.holdout > 0:
         guard = HoldoutGuard.split(ds, cfg.holdout, eval_transform(student), teacher, device, cfg.batch_size,
@@ -270,6 +271,13 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     start, history = 0, []
     state_path = Path(ctx.work_dir) / STATE_FILE if ctx.work_dir else None
     ema_state = None
+    if state_path is not None and is_main:
+        from ..workdir import check_or_init, fingerprint, weights_sha256
+        # the config is recorded in the state file and compared by _load_state, which knows which
+        # fields may change on resume; the fingerprint adds what it cannot see: weights and data
+        extra = {"teacher": weights_sha256(teacher)} if teacher is not None else {}
+        check_or_init(ctx.work_dir, fingerprint(student, config={}, data=ctx.calib_dir, **extra),
+                      progress=state_path, resume=resume, log=say)
     if resume:
         start, history, ema_state = _load_state(state_path, cfg, student, opt, scaler)
         say(f"distill: resumed at step {start}/{total} from {state_path}")

@@ -61,10 +61,8 @@ def _as_loaded(st: RunState):
 
 
 def _device(st: RunState) -> str:
-    if st.recipe.device == "auto":
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return st.recipe.device
+    from ..resources import resolve_device
+    return resolve_device(st.recipe.device, "recipe device")
 
 
 def _step_eval(st: RunState, opts) -> dict:
@@ -189,9 +187,14 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
     from .. import __version__
     from ..bench import environment
     from ..models.loading import load_model
+    from ..resources import resolve_device
+    from ..fileio import check_output, final_paths
     out = Path(out)
     configs = _method_configs(recipe)
-    with atomic_dir(out) as tmp:
+    # before any work: an output that would lose the user's files, a device this machine lacks
+    check_output(out, "run", inputs=[recipe.checkpoint, recipe.data, recipe.calib, recipe.synsets, recipe.source])
+    resolve_device(recipe.device, "recipe device")
+    with atomic_dir(out, kind="run") as tmp:
         st = RunState(recipe, tmp)
         st.loaded = load_model(recipe.model, recipe.checkpoint, **recipe.model_kwargs)
         _log(f"model: {st.loaded.describe()}")
@@ -210,7 +213,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
             if p.is_file():
                 artifacts.append({"path": str(p.relative_to(tmp)), "bytes": p.stat().st_size,
                                   "sha256": sha256_file(p)})
-        manifest = {"vitopt": __version__, "recipe": recipe.source, "model": st.loaded.to_dict(),
-                    "environment": environment(), "steps": st.steps, "artifacts": artifacts}
+        manifest = final_paths({"vitopt": __version__, "recipe": recipe.source, "model": st.loaded.to_dict(),
+                                "environment": environment(), "steps": st.steps, "artifacts": artifacts})
         write_json(tmp / "manifest.json", manifest)
     return manifest

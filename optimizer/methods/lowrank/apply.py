@@ -103,7 +103,6 @@ def measure_model_table(model: nn.Module, paths: list, tokens: dict, cfg: LowRan
                         rounds: int = 5, iters: int = 3):
     """ONNX Runtime latency table for ``model``'s Linears ``paths`` (``tokens``: path -> tokens per image)
     at ``cfg.latency_batch``/``latency_threads``, plus the whole dense model's time."""
-    import tempfile
     from pathlib import Path
     from ...export import onnx_from_torch
     from .latency import measure_ort_table
@@ -112,7 +111,8 @@ def measure_model_table(model: nn.Module, paths: list, tokens: dict, cfg: LowRan
         m = model.get_submodule(p)
         shapes.append((tokens[p], m.in_features, m.out_features,
                        saving_rank(m.in_features, m.out_features, cfg.multiple)))
-    with tempfile.TemporaryDirectory(prefix="vitopt-lowrank-") as tmp:
+    from ...fileio import temp_dir
+    with temp_dir("vitopt-lowrank-") as tmp:
         # the whole dense model's time: what the layers' savings are a fraction of
         onnx_path = Path(tmp) / "dense.onnx"
         onnx_from_torch(copy.deepcopy(model).cpu().eval(), onnx_path)

@@ -21,7 +21,6 @@ reused: a compress report holds it under ``latency_table``.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -180,7 +179,8 @@ def measure_ort_table(shapes: Sequence[tuple], multiple: int = 8, batch: int = 8
                           f"{batch}/{multiple}/{rounds}/{iters}")
     threads = threads or physical_cores()
     table, env = {}, {}
-    with tempfile.TemporaryDirectory(prefix="vitopt-lat-") as tmp:
+    from ...fileio import temp_dir
+    with temp_dir("vitopt-lat-") as tmp:
         for i, (tokens, fin, fout, max_rank) in enumerate(dict.fromkeys(tuple(int(v) for v in s) for s in shapes)):
             key = shape_key(tokens, fin, fout)
             ranks = list(range(multiple, max_rank + 1, multiple))

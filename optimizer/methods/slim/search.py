@@ -281,7 +281,12 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
     step, t_spent = 0, 0.0
     ckpt = Path(ctx.work_dir) / "slim_search.pt" if ctx.work_dir else None
     key = {"search": cfg.search_key, "seed": ctx.seed, "calib": str(ctx.calib_dir)}
-    if ckpt is not None and ckpt.is_file():
+    resumable = False
+    if ckpt is not None:
+        from ...workdir import check_or_init, fingerprint
+        resumable = check_or_init(ctx.work_dir, fingerprint(model, config=key, data=ctx.calib_dir), progress=ckpt,
+                                  log=ctx.log)
+    if resumable:
         state = torch.load(ckpt, map_location=device, weights_only=False)
         if state.get("key") == key:
             sm.load_state_dict(state["search_model"])
