@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ["eval", "export", "build", "bench", "run", "compress", "distill"]
+COMMANDS = ["eval", "export", "build", "bench", "run", "compress", "distill", "sweep", "report", "pick"]
 
 
 class _Parser(argparse.ArgumentParser):

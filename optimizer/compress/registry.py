@@ -15,6 +15,7 @@ METHOD_MODULES = {
     "slim": "optimizer.methods.slim",
     "lowrank": "optimizer.methods.lowrank",
     "gates": "optimizer.methods.gates",
+    "distill": "optimizer.distill.method",   # recovery step: weights only, no structure
 }
 
 _REGISTRY: dict = {}
