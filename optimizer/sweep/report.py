@@ -90,8 +90,9 @@ def table_rows(results: Sequence[VariantResult], backend: str = "onnxruntime", p
 
 
 def _local_device(r: VariantResult) -> Optional[str]:
-    """The machine the sweep itself benchmarked on (merged rows from other machines are plotted, not tabled)."""
-    local = [b["device_label"] for b in r.bench if b.get("source") == "sweep"]
+    """The machine whose numbers the table shows: the sweep's own bench rows, else the first merged file's
+    (rows from further machines are plotted, not tabled)."""
+    local = [b["device_label"] for b in r.bench if b.get("source") == "sweep"] or [b["device_label"] for b in r.bench]
     return local[0] if local else None
 
 
