@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = Path("..") / "shared"
-VARY = ["slim.macs=off,0.5,0.6,0.75,0.9", "lowrank.params=off,0.9"]
+SLIM = "off,0.5,0.6,0.75,0.9"      # slim MACs budgets (off: no slim step)
+LOWRANK = "off,0.9"                # lowrank params budgets
 BATCHES = (1, 8, 32)
 LOCK = "/tmp/vitopt-heavy.lock"
 
@@ -43,7 +44,25 @@ def _commit() -> str:
         return "unknown"
 
 
-def time_variants(out: Path, rounds: int, iters: int) -> dict:
+def _acquire(lk, timeout_s: float) -> None:
+    """The shared timing lock, waiting in the queue at most ``timeout_s`` (timings must not overlap)."""
+    import signal
+
+    def expire(signum, frame):
+        raise TimeoutError
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(max(1, int(timeout_s)))
+    try:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+    except TimeoutError:
+        sys.exit(f"frontier: {LOCK} still held by other timing runs after {timeout_s:.0f} s; "
+                 "rerun later (finished variants are kept)")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def time_variants(out: Path, rounds: int, iters: int, lock_timeout_s: float = 3600) -> dict:
     """Interleaved ORT FP32 latency of every finished variant; returns {variant: bench-file path}."""
     from optimizer.bench import interleaved_latency
     from optimizer.bench.report import FORMAT, VERSION
@@ -55,7 +74,7 @@ def time_variants(out: Path, rounds: int, iters: int) -> dict:
     runners = {n: OrtRunner(variant_dir(out, n) / "model.onnx", threads=2, name=n) for n in names}
     with open(LOCK, "w") as lk:
         print(f"frontier: waiting for {LOCK} ...", file=sys.stderr, flush=True)
-        fcntl.flock(lk, fcntl.LOCK_EX)
+        _acquire(lk, lock_timeout_s)
         t0 = time.perf_counter()
         res = interleaved_latency(runners, BATCHES, rounds=rounds, iters_per_round=iters, warmup=2)
         res["seconds"] = round(time.perf_counter() - t0, 1)
@@ -93,12 +112,18 @@ def dominance(results, batch: int = 8) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="build/frontier", help="sweep directory (resumed)")
+    ap.add_argument("--slim", default=SLIM, help=f"slim.macs values (default {SLIM})")
+    ap.add_argument("--lowrank", default=LOWRANK, help=f"lowrank.params values (default {LOWRANK})")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="time and report the variants already finished in --out, run none")
+    ap.add_argument("--lock-timeout", type=float, default=3600, help="seconds to wait for the timing lock")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--html", action="store_true", help="keep report.html in --out (it is always written there)")
     ap.add_argument("--results", default="benchmarks/results", help="where frontier.{json,md} go")
     args = ap.parse_args(argv)
     os.chdir(ROOT)
+    vary = [f"slim.macs={args.slim}", f"lowrank.params={args.lowrank}"]
     env = {"VITOPT_CHECKPOINT": str(SHARED / "weights" / "deit_tiny_patch16_224.pth"),
            "VITOPT_DATA": str(SHARED / "data" / "imagenet-mini" / "val"),
            "VITOPT_CALIB": str(SHARED / "data" / "imagenet-mini" / "train")}
@@ -113,9 +138,10 @@ def main(argv=None) -> int:
     from optimizer.fileio import write_json, write_text
     out = Path(args.out)
     t0 = time.perf_counter()
-    run_sweep(load_recipe("benchmarks/recipes/frontier.yaml"), [parse_vary(v) for v in VARY], out)
+    if not args.finished_only:
+        run_sweep(load_recipe("benchmarks/recipes/frontier.yaml"), [parse_vary(v) for v in vary], out)
     sweep_s = time.perf_counter() - t0
-    files = time_variants(out, args.rounds, args.iters)
+    files = time_variants(out, args.rounds, args.iters, args.lock_timeout)
     bench = [f"{n}={f}" for n, f in files.items()]
     rep = build_report(out, bench)
     results = sweep_results(out, bench)
@@ -125,9 +151,12 @@ def main(argv=None) -> int:
     figs.mkdir(parents=True, exist_ok=True)
     for png in (out / "report_files").glob("*.png"):
         shutil.copyfile(png, figs / png.name)
-    command = "python benchmarks/frontier.py"
+    command = "python benchmarks/frontier.py" + "".join(
+        f" --{k} {getattr(args, k)}" for k, d in (("slim", SLIM), ("lowrank", LOWRANK)) if getattr(args, k) != d) + \
+        (" --finished-only" if args.finished_only else "") + \
+        "".join(f" --{k} {getattr(args, k)}" for k, d in (("rounds", 8), ("iters", 3)) if getattr(args, k) != d)
     interleaved = json.loads((out / "bench" / "interleaved.json").read_text())
-    meta = {"command": command, "commit": _commit(), "vary": VARY, "recipe": "benchmarks/recipes/frontier.yaml",
+    meta = {"command": command, "commit": _commit(), "vary": vary, "recipe": "benchmarks/recipes/frontier.yaml",
             "data": {k: v for k, v in env.items()}, "environment": interleaved["environment"],
             "sweep_seconds_this_run": round(sweep_s, 1), "timing": {k: interleaved[k] for k in
                                                                   ("rounds", "iters_per_round", "warmup", "seconds")},
@@ -140,7 +169,7 @@ def main(argv=None) -> int:
              f"`{out}/report.html` by it. Machine: {interleaved['environment'].get('cpu')} "
              f"({interleaved['environment'].get('physical_cores')} physical cores, shared by other jobs), no GPU.",
              "",
-             f"Variants: `vitopt sweep benchmarks/recipes/frontier.yaml --vary {' --vary '.join(VARY)}` — one 24-step "
+             f"Variants: `vitopt sweep benchmarks/recipes/frontier.yaml --vary {' --vary '.join(vary)}` — one 24-step "
              "slim search shared by every budget, no recovery, lowrank on 64 calibration images. Accuracy: "
              "../shared/data/imagenet-mini/val (491 images, one image = 0.2 points); agreement = same top-1 as dense. "
              "Latency: ONNX Runtime FP32, 2 threads, every variant timed round-robin in one locked run "

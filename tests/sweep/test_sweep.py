@@ -87,7 +87,10 @@ def _sha(p: Path) -> str:
 def test_sigkill_mid_sweep_then_rerun_skips_finished_and_reuses_the_search(tiny_recipe, tmp_path):
     """3 variants (dense, slim 0.5, slim 0.8) share one slim search; kill -9 once the search has a
     checkpoint, rerun: dense untouched, the search resumed (not restarted), every variant finished."""
-    recipe = tiny_recipe(search_steps=120)
+    # slim + eval only: what is tested is the sweep's bookkeeping, not the deployment steps
+    recipe = tmp_path / "kill.yaml"
+    recipe.write_text("\n".join(l for l in tiny_recipe(search_steps=60).read_text().splitlines()
+                                if not any(k in l for k in ("lowrank:", "export:", "bench:"))) + "\n")
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "optimizer.cli.main", "sweep", str(recipe), "--vary", "slim.macs=0.5,0.8",
            "-o", str(out)]
@@ -106,7 +109,7 @@ def test_sigkill_mid_sweep_then_rerun_skips_finished_and_reuses_the_search(tiny_
     proc.wait()
     dense_manifest = out / "variants" / "dense" / "manifest.json"
     before = {p: (_sha(p), p.stat().st_mtime_ns) for p in (out / "variants" / "dense").rglob("*") if p.is_file()}
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     err = rerun.stderr
     finished_before = int(re.search(r"sweep: 3 variants, (\d) already finished", err).group(1))
@@ -118,7 +121,7 @@ def test_sigkill_mid_sweep_then_rerun_skips_finished_and_reuses_the_search(tiny_
     resumed = [(int(a), int(b)) for a, b in re.findall(r"resuming the mask search at step (\d+)/(\d+)", err)]
     assert resumed and all(a > 0 for a, _ in resumed)
     if finished_before == 1:     # killed before slim 0.5 finished: both budgets ran now, the second from 120/120
-        assert resumed[-1] == (120, 120) and len(resumed) == 2
+        assert resumed[-1] == (60, 60) and len(resumed) == 2
     assert "mask search" not in re.sub(r"resuming the mask search", "", err)   # never started afresh
     for name in ("dense", "slim-macs0.5", "slim-macs0.8"):
         assert (out / "variants" / name / "manifest.json").is_file()
