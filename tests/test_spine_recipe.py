@@ -15,9 +15,10 @@ def test_expansion_and_steps(tmp_path, monkeypatch):
     monkeypatch.setenv("CKPT", "/w.pth")
     monkeypatch.delenv("NODATA", raising=False)
     r = load_recipe(write(tmp_path, "model: deit_tiny_patch16_224\ncheckpoint: ${CKPT}\ndata: ${NODATA:-}\n"
-                                    "steps:\n  - eval\n  - slim: {macs: 0.7}\n  - build: {batch: [1, 8]}\n"))
+                                    "steps:\n  - eval\n  - slim: {macs: 0.7}\n  - export\n  - build: {batch: [1, 8]}\n"))
     assert r.checkpoint == "/w.pth" and r.data is None
-    assert [(s.kind, s.options) for s in r.steps] == [("eval", {}), ("slim", {"macs": 0.7}), ("build", {"batch": [1, 8]})]
+    assert [(s.kind, s.options) for s in r.steps] == [("eval", {}), ("slim", {"macs": 0.7}), ("export", {}),
+                                                     ("build", {"batch": [1, 8]})]
 
 
 @pytest.mark.parametrize("text,msg", [

@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", default=os.environ.get("VITOPT_CHECKPOINT") or None,
                    help="weights for a timm model name (default: $VITOPT_CHECKPOINT)")
     p.add_argument("--json", metavar="PATH", help="write what was prepared as JSON")
-    p.set_defaults(func=run_prepare)
+    p.set_defaults(func=run_prepare, output_grows=True)
 
     c = sub.add_parser("serve-check", help="load a model repository in the bundled Triton server and compare "
                                            "served outputs with ONNX Runtime")

@@ -54,7 +54,8 @@ def check_outputs(args) -> None:
     inputs = [getattr(args, a, None) for a in INPUT_ARGS]
     inputs = [i for i in inputs if isinstance(i, str)]
     output = getattr(args, "output", None)
-    if output:
+    # sweep / serve-prepare add to an existing output (resume, next version) and check it themselves
+    if output and not getattr(args, "output_grows", False):
         check_output(output, getattr(args, "output_kind", None) or FILE, force=getattr(args, "force", False),
                      inputs=inputs, flag="-o")
     for dest, flag in FILE_OUTPUT_ARGS:

@@ -37,6 +37,7 @@ METHODS = MappingProxyType({
         ("data", "fixed"),
         "models with a gates step: 'data' (default: K = count of gate scores over the threshold, "
         "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")}),
+    "distill": MethodEntry("optimizer.distill.method"),   # recovery step: weights only, no structure
 })
 # name -> module that registers it on import
 METHOD_MODULES = {name: entry.module for name, entry in METHODS.items()}

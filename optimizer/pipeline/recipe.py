@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import VitoptError
+from .order import check_order
 
 TOP_KEYS = {"version", "model", "model_kwargs", "checkpoint", "data", "calib", "synsets", "device", "seed", "workers", "steps"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -110,6 +111,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
             raise VitoptError(f"recipe {p}: step {i + 1}: unknown step '{kind}' "
                               f"(steps: {', '.join(sorted(STEP_OPTIONS))}; methods: {', '.join(sorted(METHOD_MODULES))})")
         steps.append(Step(kind, dict(opts), config))
+    check_order(steps, f"recipe {p}")   # before any work: a nonsensical order never starts a long step
     device = raw.get("device") or "cpu"
     if device not in ("cpu", "cuda", "auto"):
         raise VitoptError(f"recipe {p}: device must be cpu, cuda or auto, got {device!r}")

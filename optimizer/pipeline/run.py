@@ -31,6 +31,7 @@ class RunState:
     onnx: dict = field(default_factory=dict)    # precision -> path
     engines: dict = field(default_factory=dict)  # precision -> path
     steps: list = field(default_factory=list)
+    work_dir: Optional[Path] = None         # shared, resumable work of method steps (run_recipe's work_dir)
 
     @property
     def model(self):
@@ -45,13 +46,26 @@ def _step_compress(st: RunState, method: str, cfg) -> dict:
     base = st.loaded if st.compressed is None else _as_loaded(st)
     st.compressed = compress_loaded(base, [cfg], st.recipe.calib, teacher=st.dense, device=_device(st),
                                     workers=st.recipe.workers, seed=st.recipe.seed, log=_log,
-                                    synsets=st.recipe.synsets)
+                                    synsets=st.recipe.synsets, work_dir=_method_work_dir(st, cfg))
     st.compressed.model.to("cpu").eval()
     after = count_macs(st.compressed.model)
     save_compressed(st.out / "compressed", st.compressed)
     _log(f"{method}: params {before.mparams:.2f} M -> {after.mparams:.2f} M, MACs {before.gmacs:.3f} G -> {after.gmacs:.3f} G")
     return {"config": cfg.to_dict(), "before": before.to_dict(), "after": after.to_dict(),
             "report": st.compressed.steps[-1]["report"]}
+
+
+def _method_work_dir(st: RunState, cfg) -> Optional[str]:
+    """Steps with the same config up to the budget, after the same earlier steps, share one work dir:
+    a slim search or a low-rank calibration pass is the same for every budget, so a sweep does it once."""
+    if st.work_dir is None:
+        return None
+    import hashlib
+    from ..compress.runner import BUDGET_FLAGS
+    own = {k: v for k, v in cfg.to_dict().items() if k not in BUDGET_FLAGS.values()}
+    prior = [s["config"] for s in st.compressed.steps] if st.compressed is not None else []
+    key = hashlib.sha256(json.dumps([prior, own], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return str(st.work_dir / f"{cfg.method}-{key}")
 
 
 def _as_loaded(st: RunState):
@@ -80,7 +94,8 @@ def _step_eval(st: RunState, opts) -> dict:
     loader = build_loader(st.recipe.data, st.model, batch_size=opts.batch_size, synsets=st.recipe.synsets,
                           workers=st.recipe.workers, limit=opts.limit)
     ref = st.dense if st.compressed is not None else None
-    r = evaluate(st.model, loader, reference=ref).to_dict()
+    cache = st.work_dir / "eval_reference.pt" if st.work_dir is not None and ref is not None else None
+    r = evaluate(st.model, loader, reference=ref, reference_cache=cache).to_dict()
     random_w = st.loaded.is_random
     if random_w:
         r["top1"] = r["top5"] = r["reference_top1"] = None
@@ -181,8 +196,13 @@ def _method_configs(recipe: Recipe) -> dict:
     return out
 
 
-def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
-    """Run every step of ``recipe`` into ``out``; returns the manifest."""
+def run_recipe(recipe: Recipe, out: str | os.PathLike, work_dir: str | os.PathLike | None = None,
+               on_step=None) -> dict:
+    """Run every step of ``recipe`` into ``out``; returns the manifest.
+
+    ``work_dir``: where method steps keep resumable work shared between runs (a sweep's variants: one
+    slim search for every budget, the dense model's eval outputs); None keeps nothing.
+    ``on_step(i, n, kind)`` is called before step i of n (progress bars)."""
     import copy
     from .. import __version__
     from ..bench import environment
@@ -195,13 +215,15 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike) -> dict:
     check_output(out, "run", inputs=[recipe.checkpoint, recipe.data, recipe.calib, recipe.synsets, recipe.source])
     resolve_device(recipe.device, "recipe device")
     with atomic_dir(out, kind="run") as tmp:
-        st = RunState(recipe, tmp)
+        st = RunState(recipe, tmp, work_dir=Path(work_dir) if work_dir is not None else None)
         st.loaded = load_model(recipe.model, recipe.checkpoint, **recipe.model_kwargs)
         _log(f"model: {st.loaded.describe()}")
         st.dense = copy.deepcopy(st.loaded.model).eval()
         for i, step in enumerate(recipe.steps, 1):
             t0 = time.perf_counter()
             _log(f"[{i}/{len(recipe.steps)}] {step.kind}")
+            if on_step is not None:
+                on_step(i, len(recipe.steps), step.kind)
             if step.kind in _STEPS:
                 res = _STEPS[step.kind](st, step.config)
             else:

@@ -24,7 +24,7 @@ from ...compress.registry import StepResult
 from ...counting import count_macs, count_params
 from ...errors import VitoptError
 from .allocate import DENSE, LayerCost, allocate_ranks, saving_rank
-from .calibrate import dense_pass, pair_grams, run_block
+from .calibrate import cached_dense_pass, pair_grams, run_block
 from .compensate import closed_form, compensate_adam, unwhiten, whitened_target
 from .config import LowRankConfig
 from .module import LowRankLinear, lowrank_structure, merge_for_export, set_submodule
@@ -239,10 +239,11 @@ def _fit_layer(m: nn.Linear, rank: int, cfg: LowRankConfig, wh: Whitening, cc, c
 
 @torch.no_grad()
 def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[torch.Tensor],
-                      log=print, seed: int = 0) -> tuple:
+                      log=print, seed: int = 0, cache_dir=None, cache_key: Optional[dict] = None) -> tuple:
     """Replace the chosen Linears of ``model`` (in place) by low-rank ones meeting ``cfg``'s budget.
 
     ``batches`` yields image tensors (B, 3, H, W) for calibration. Returns (model, structure, report).
+    ``cache_dir``/``cache_key``: keep the calibration statistics for a later call on the same model and images.
     Example: ``factorize_linears(model, LowRankConfig(params_ratio=0.5), [images])``
     """
     t0 = time.perf_counter()
@@ -252,8 +253,9 @@ def factorize_linears(model: nn.Module, cfg: LowRankConfig, batches: Iterable[to
         from .latency import LatencyTable
         loaded = LatencyTable.load(cfg.latency_source)
     dense_params, dense_macs = count_params(model), count_macs(model).macs
-    dense = dense_pass(model, batches, paths, cfg.heldout_every, keep_block_inputs=cfg.sequential,
-                       probe_images=cfg.probe_images if cfg.allocation == "sensitivity" else 0)
+    dense = cached_dense_pass(cache_dir, cache_key or {}, model, batches, paths, cfg.heldout_every,
+                              keep_block_inputs=cfg.sequential,
+                              probe_images=cfg.probe_images if cfg.allocation == "sensitivity" else 0, log=log)
     t_pass = time.perf_counter() - t0
     table = _latency_table(model, paths, dense, cfg, log, loaded)
     layers, fixed, total, whitenings = _layer_costs(model, paths, dense, cfg, table)
@@ -363,8 +365,9 @@ def calibration_batches(ctx, model, cfg: LowRankConfig):
 def apply(model, cfg: LowRankConfig, ctx) -> StepResult:
     """Registered transform: factorise, then optionally fine-tune from the dense teacher."""
     model.eval().to(ctx.device)
+    key = {"calib": str(ctx.calib_dir), "images": cfg.calib_images, "batch_size": cfg.batch_size}
     model, structure, report = factorize_linears(model, cfg, calibration_batches(ctx, model, cfg),
-                                                 log=ctx.log, seed=ctx.seed)
+                                                 log=ctx.log, seed=ctx.seed, cache_dir=ctx.work_dir, cache_key=key)
     if cfg.recovery.enabled:
         from ...distill import recover
         if ctx.teacher is None:

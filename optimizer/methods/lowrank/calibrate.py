@@ -151,3 +151,36 @@ def pair_grams(block_d: nn.Module, block_c: nn.Module, sub: str, inputs_d: list,
 def run_block(block: nn.Module, inputs: list) -> list:
     """Outputs of ``block`` for each stored (input, mask) batch."""
     return [(block(h), mask) for h, mask in inputs]
+
+
+def cached_dense_pass(cache_dir, key: dict, model: nn.Module, batches: Iterable[torch.Tensor], paths: list,
+                      held_every: int, keep_block_inputs: bool, probe_images: int = 0, log=print) -> DensePass:
+    """``dense_pass``, kept in ``cache_dir`` (None: not kept) for later calls with the same inputs.
+
+    ``key`` names what ``batches`` are (calibration folder, image count, batch size); the model's weights
+    and the pass's own arguments are added here. A sweep of low-rank budgets on one model then reads
+    the images once: every budget factorises from the same Grams.
+    """
+    if cache_dir is None:
+        return dense_pass(model, batches, paths, held_every, keep_block_inputs, probe_images)
+    import hashlib
+    import json
+    from pathlib import Path
+    from ...fileio import atomic_path
+    from ...evaluation import weights_sha256
+    h = hashlib.sha256(json.dumps({**key, "paths": paths, "held_every": held_every, "keep": keep_block_inputs,
+                                   "probe": probe_images, "weights": weights_sha256(model)},
+                                  sort_keys=True, default=str).encode())
+    path = Path(cache_dir) / f"lowrank_dense_pass-{h.hexdigest()[:16]}.pt"
+    if path.is_file():
+        s = torch.load(path, map_location="cpu", weights_only=True)
+        log(f"lowrank: calibration statistics reused from {path.name}")
+        return DensePass({p: Grams(*g) for p, g in s["grams"].items()}, s["tokens"],
+                         [tuple(b) for b in s["block0_inputs"]], s["images"], s["probe"])
+    res = dense_pass(model, batches, paths, held_every, keep_block_inputs, probe_images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"grams": {p: (g.fit, g.held, g.fit_tokens, g.held_tokens) for p, g in res.grams.items()},
+                    "tokens": res.tokens, "block0_inputs": [list(b) for b in res.block0_inputs],
+                    "images": res.images, "probe": res.probe}, tmp)
+    return res

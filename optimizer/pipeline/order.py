@@ -1,0 +1,100 @@
+"""Which step orders a recipe may use: the rules as data, checked when the recipe loads.
+
+A recipe is a sequence of steps; some orders cannot work (``build`` before ``export``) and
+some would silently do something else than asked (``slim`` after ``gates`` slices a model
+whose gate nets were calibrated on the unsliced widths). Each rule below names the steps it
+is about and the one-line reason a user sees, so a long compression step never runs in vain.
+
+Step tags: a step has its own kind (``slim``, ``export``, ...) and, where it applies, a group
+tag: ``compression`` for every registered compression method (``slim``, ``lowrank``,
+``gates``), ``recovery`` for ``distill``; a ``bench`` step is also tagged
+``bench:<backend>`` for each backend it times (``bench:onnxruntime`` needs an ONNX file,
+``bench:tensorrt`` an engine).
+
+Supported combined orders (tested): slim → lowrank → gates; distill (manifold recovery of
+everything before it) after slim or lowrank; then eval / export / build / bench.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from ..errors import VitoptError
+
+COMPRESSION = ("slim", "lowrank", "gates")
+RECOVERY = ("distill",)
+
+# (later, earlier, reason): ``later`` may not come after any step tagged ``earlier``
+NOT_AFTER = (
+    ("compression", "export", "a compression step after export would not be in the exported model; move it before export"),
+    ("recovery", "export", "distill after export would not be in the exported model; move it before export"),
+    ("export", "build", "export after build: the engine would be built from the previous ONNX file"),
+    ("slim", "lowrank", "slim after lowrank is not supported: slim slices dense Linear weights; put slim first"),
+    ("slim", "gates", "slim after gates would slice widths the gate nets were calibrated on; put slim first"),
+    ("recovery", "gates", "distill after gates is not supported: use the gates step's own fine-tune "
+                          "(finetune_steps), which keeps the gate groups it was trained with"),
+    ("lowrank", "gates", "lowrank after gates would factorise layers whose gates were calibrated unfactorised; "
+                         "put lowrank before gates"),
+)
+# (step, any of these before it, reason)
+NEEDS_BEFORE = (
+    ("build", ("export",), "build step needs an export step before it"),
+    ("bench:onnxruntime", ("export",), "bench on onnxruntime needs an export step before it"),
+    ("bench:tensorrt", ("build",), "bench on tensorrt needs a build step before it (an engine to run)"),
+    ("recovery", COMPRESSION, "distill recovers what a compression step changed: put it after slim, lowrank or gates"),
+)
+# steps a recipe may hold once: a second one would redo (slim, lowrank, gates) or overwrite (export, build) the first
+AT_MOST_ONCE = {
+    "slim": "two slim steps: give one slim step with the final budget",
+    "lowrank": "two lowrank steps: give one lowrank step with the final budget",
+    "gates": "two gates steps: give one gates step with the final budget",
+    "export": "two export steps: the second would overwrite model.onnx",
+    "build": "two build steps: the second would overwrite the engines (give all batch sizes / precisions in one)",
+}
+# a repeated tag right after itself
+NOT_TWICE_IN_A_ROW = {"recovery": "two distill steps in a row: give one with more steps or epochs"}
+
+
+def step_tags(kind: str, options: dict) -> set:
+    """The kind of a step plus its group tags (see the module docstring)."""
+    tags = {kind}
+    if kind in COMPRESSION:
+        tags.add("compression")
+    if kind in RECOVERY:
+        tags.add("recovery")
+    if kind == "bench":
+        backends = options.get("backends", ["onnxruntime", "torch"])
+        backends = [backends] if isinstance(backends, str) else list(backends or [])
+        tags.update(f"bench:{b}" for b in backends)
+    return tags
+
+
+def order_problem(steps: Sequence) -> str | None:
+    """The first rule ``steps`` (objects with ``kind`` and ``options``) break, as "step N (kind): reason"; None if none."""
+    seen: list = []          # tags of the steps before the current one
+    counts: dict = {}
+    for i, step in enumerate(steps, 1):
+        tags = step_tags(step.kind, step.options or {})
+        where = f"step {i} ({step.kind})"
+        earlier = set().union(*seen) if seen else set()
+        for later, before, reason in NOT_AFTER:
+            if later in tags and before in earlier:
+                return f"{where}: {reason}"
+        for tag, needs, reason in NEEDS_BEFORE:
+            if tag in tags and not earlier.intersection(needs):
+                return f"{where}: {reason}"
+        counts[step.kind] = counts.get(step.kind, 0) + 1
+        if step.kind in AT_MOST_ONCE and counts[step.kind] > 1:
+            return f"{where}: {AT_MOST_ONCE[step.kind]}"
+        for tag, reason in NOT_TWICE_IN_A_ROW.items():
+            if tag in tags and seen and tag in seen[-1]:
+                return f"{where}: {reason}"
+        seen.append(tags)
+    return None
+
+
+def check_order(steps: Sequence, source: str = "recipe") -> None:
+    """Raise VitoptError naming the first order rule ``steps`` break (``source``: what to call them)."""
+    problem = order_problem(steps)
+    if problem:
+        raise VitoptError(f"{source}: {problem}")
+
