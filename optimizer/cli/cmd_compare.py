@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import VitoptError
-from .common import add_json_arg, environment, load_model_from_args, positive_int, write_json_result
+from ..bench.environment import environment
+from .common import add_json_arg, load_model_from_args, positive_int, write_json_result
 
 BACKENDS = ("onnxruntime", "tensorrt")
 _ALIASES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "trt": "tensorrt"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import (add_json_arg, add_model_args, dumps, load_model_from_args, non_negative_int, positive_int,
+from .common import (add_json_arg, add_model_args, load_model_from_args, non_negative_int, positive_int,
                      write_json_result)
 
 
