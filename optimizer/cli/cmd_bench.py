@@ -189,13 +189,13 @@ def _served_rows(args, kind, onnx_path, batches, warmup, iters, min_time, thread
                                 name=f"triton:{name}")
 
 
-def _export_onnx(model, path: Path, what: str) -> str:
+def _export_onnx(loaded, path: Path) -> str:
     """Temporary ONNX for the onnxruntime/tensorrt backends: what ``vitopt export`` ships with its
     default options (the deployment chain, parity-gated on seeded random inputs)."""
     from ..deploy import deploy_model, write_onnx
-    print(f"onnxruntime: exporting {what} to a temporary ONNX file with optimizer.deploy (vitopt export's "
+    print(f"onnxruntime: exporting {loaded.arch} to a temporary ONNX file with optimizer.deploy (vitopt export's "
           "defaults)", file=sys.stderr)
-    result = deploy_model(model, description=what)
+    result = deploy_model(loaded.model, description=loaded.describe())
     if result.report["export"]["fallback_reason"]:
         print(f"onnxruntime: export fell back to the TorchScript exporter: {result.report['export']['fallback_reason']}",
               file=sys.stderr)
@@ -281,7 +281,7 @@ def run(args) -> int:
         for backend in backends:
             if backend == "triton":
                 if onnx_path is None and kind == "model":
-                    onnx_path = _export_onnx(loaded.model, tmp / "model.onnx", loaded.arch)
+                    onnx_path = _export_onnx(loaded, tmp / "model.onnx")
                 if args.images is not None and inputs is None:
                     if onnx_path is None:
                         raise VitoptError("--images with a Triton repository: give the ONNX file or model instead "
@@ -296,7 +296,7 @@ def run(args) -> int:
                 skipped.append({"backend": "tensorrt", "reason": "no NVIDIA GPU"})
                 continue
             if backend in ("onnxruntime", "tensorrt") and onnx_path is None and kind == "model":
-                onnx_path = _export_onnx(loaded.model, tmp / "model.onnx", loaded.describe())
+                onnx_path = _export_onnx(loaded, tmp / "model.onnx")
                 notes.append("onnxruntime/tensorrt ran a temporary ONNX export of the model")
             if backend == "torch":
                 runner = TorchRunner(loaded.model, device=args.device, dtype="fp16" if args.fp16 else None,

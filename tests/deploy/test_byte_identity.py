@@ -39,8 +39,8 @@ def test_export_recipe_and_bench_write_byte_identical_onnx(tmp_path, tiny_everyw
     kept = tmp_path / "bench.onnx"
     real = cmd_bench._export_onnx
 
-    def keep(model, path, what):      # the benchmark's temporary file, kept for the comparison
-        out = real(model, path, what)
+    def keep(loaded, path):      # the benchmark's temporary file, kept for the comparison
+        out = real(loaded, path)
         shutil.copyfile(out, kept)
         return out
     monkeypatch.setattr(cmd_bench, "_export_onnx", keep)

@@ -65,7 +65,7 @@ def export_form(model, options: dict):
 
 
 def onnx_from_gated(model, path: str | os.PathLike, *, fixed_k: bool = False, dynamo: bool = False,
-                    opset: int = 18, parity_images: int = 8):
+                    opset: int = 18, parity_images: int = 8, atol: float = 1e-3):
     """Export a gated model (eval mode, gates decided in the graph) through the deployment chain
     (``optimizer.deploy``: export, graph rules, parity against PyTorch on seeded random inputs).
 
@@ -74,6 +74,8 @@ def onnx_from_gated(model, path: str | os.PathLike, *, fixed_k: bool = False, dy
         dynamo: the torch.export-based exporter; the default TorchScript exporter records the
             data-dependent TopK K directly (both produce TopK+Gather; see the benchmark report).
         parity_images: random inputs of the parity check.
+        atol: its tolerance (1e-3, as the gates tests and benchmark use: a gate score at its threshold
+            may decide differently in ONNX Runtime and PyTorch)
     Returns the chain's ``DeployResult`` (``.report`` has the export, clean-up and parity reports).
     Example: ``onnx_from_gated(model, "gated.onnx")``
     """
@@ -81,7 +83,7 @@ def onnx_from_gated(model, path: str | os.PathLike, *, fixed_k: bool = False, dy
     if not gated_modules(model):
         raise VitoptError("the model has no gated modules: export it with optimizer.deploy.deploy_model")
     options = DeployOptions(opset=opset, exporter="dynamo" if dynamo else "legacy", fallback=False,
-                            parity_images=parity_images,
+                            parity_images=parity_images, atol=atol,
                             method_options={"gates_k": "fixed" if fixed_k else "data"})
     result = deploy_model(model, options, parity_inputs(model, None, parity_images),
                           description="vitopt gated ViT (USDC)")
