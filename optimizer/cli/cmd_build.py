@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from .common import add_json_arg, parse_batches, positive_int, write_json_result
 
@@ -28,14 +27,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..engine import engine_from_onnx, save_engine
     from ..errors import VitoptError
-    from ..fileio import _check_parent, require_file
+    from ..fileio import require_file
     batches = parse_batches(args.batch)
     opt = positive_int(args.opt_batch, "--opt-batch") if args.opt_batch else None
     workspace = positive_int(args.workspace, "--workspace") if args.workspace else None
     require_file(args.onnx, "ONNX file")
     if os.path.isdir(args.output):
         raise VitoptError(f"output {args.output} is a directory; give a file name like model.engine")
-    _check_parent(Path(os.path.abspath(args.output)))  # fail before a long build, not after
     print(f"building {'fp16' if args.fp16 else 'fp32'} engine for batches {batches} from {args.onnx} ...")
     built = engine_from_onnx(args.onnx, batches, fp16=args.fp16, builder=args.builder, opt_batch=opt,
                              workspace_mib=workspace, verbose=args.verbose)

@@ -12,9 +12,9 @@ engine that cannot run here) is one line on stderr and exit 2.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
+from ..fileio import temp_dir
 from ..errors import VitoptError
 from ..bench.environment import environment
 from .common import add_json_arg, load_model_from_args, positive_int, write_json_result
@@ -182,7 +182,7 @@ def run(args) -> int:
           f"{tol.check_error_stat}, min cosine {tol.min_cosine}, min top-1 {tol.min_top1_agreement})")
 
     outputs, comparisons = {}, []
-    with tempfile.TemporaryDirectory(prefix="vitopt-compare-") as td:
+    with temp_dir("vitopt-compare-") as td:
         runners = [_runner(b, kind, artifact, batch, Path(td)) for b in backends]
         try:
             x = _images(args.data, count, loaded, runners[0])

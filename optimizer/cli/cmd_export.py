@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from .common import add_json_arg, add_model_args, load_model_from_args, positive_int, write_json_result
 
@@ -66,13 +65,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..deploy import deploy_model, parity_inputs, write_onnx
     from ..errors import VitoptError
-    from ..fileio import _check_parent  # private: the output validator of helper 'safety' replaces it
     options = export_options_from_args(args)
     if args.parity_data and not os.path.isdir(args.parity_data):
         raise VitoptError(f"parity data directory not found: {args.parity_data}")
     if os.path.isdir(args.output):
         raise VitoptError(f"output {args.output} is a directory; give a file name like model.onnx")
-    _check_parent(Path(os.path.abspath(args.output)))  # fail before the slow export, not after
     loaded = load_model_from_args(args)
     model = loaded.model.eval()
     inputs = parity_inputs(model, args.parity_data, options.parity_images)

@@ -38,15 +38,13 @@ def run(args) -> int:
     from ..data.folder import list_images
     from ..errors import VitoptError
     from ..export import save_onnx
-    from ..fileio import _check_parent, require_dir, require_file
+    from ..fileio import require_dir, require_file
     from ..quant import QuantConfig, quantize_onnx
     from ..quant.images import folder_images, onnx_input_shape
     from ..quant.placement import check_quantizable
-    from pathlib import Path
     require_file(args.onnx, "ONNX file")
     if os.path.isdir(args.output):
         raise VitoptError(f"output {args.output} is a directory; give a file name like model.int8.onnx")
-    _check_parent(Path(os.path.abspath(args.output)))
     calib_dir = require_dir(args.calib, "calibration folder")
     n_calib = positive_int(args.calib_images, "--calib-images")
     held = (positive_int(args.held_images, "--held-images") if args.held_images not in (None, "0")

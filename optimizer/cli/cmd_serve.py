@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
+from ..fileio import temp_dir
 from ..errors import VitoptError
 from .common import parse_batches, positive_int, write_json_result
 
@@ -105,7 +105,7 @@ def run_prepare(args) -> int:
     bench = read_json(args.bench, f"--bench result not found: {args.bench}") if args.bench else None
     if args.labels and not os.path.isfile(args.labels):
         raise VitoptError(f"--labels file not found: {args.labels}")
-    with tempfile.TemporaryDirectory(prefix="vitopt-serve-") as td:
+    with temp_dir("vitopt-serve-") as td:
         source = resolve_source(args.model, args.checkpoint, Path(td))
         spec = source.preprocess
         if args.data_config:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..fileio import temp_dir
 from ..errors import VitoptError
 from .inputs import ParityInputs, parity_inputs
 from .options import DeployOptions
@@ -75,7 +75,7 @@ def parity_step(model, proto, inputs: ParityInputs, precision: str, atol: float)
     """
     from ..export import check_parity, save_onnx
     p = get_precision(precision)
-    with tempfile.TemporaryDirectory(prefix="vitopt-parity-") as tmp:
+    with temp_dir("vitopt-parity-") as tmp:
         path = os.path.join(tmp, "m.onnx")
         save_onnx(proto, path, check=False)
         res = check_parity(model, path, inputs.images, atol=atol if p.min_cosine is None else float("inf"),

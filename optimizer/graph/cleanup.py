@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional
 
+from ..fileio import temp_dir
 from ..errors import VitoptError
 
 
@@ -147,10 +148,9 @@ class RuleParity:
                               "a graph that only runs at its export batch fails check_dynamic_batch)") from None
 
     def run(self, model_proto) -> dict:
-        import tempfile
         import onnx
         from ..export import ort_session
-        with tempfile.TemporaryDirectory(prefix="vitopt-rule-parity-") as tmp:
+        with temp_dir("vitopt-rule-parity-") as tmp:
             path = f"{tmp}/m.onnx"
             onnx.save_model(model_proto, path)
             sess = ort_session(path, threads=1)

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..errors import VitoptError
 from ..fileio import atomic_dir, sha256_file, write_json

@@ -3,11 +3,11 @@ every calibration batch through ONNX Runtime once, feeding one histogram per ten
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from ..fileio import temp_dir
 from ..errors import VitoptError
 from .config import QuantConfig
 from .histogram import StreamingHistogram, amax_entropy, amax_max, amax_mse, amax_percentile
@@ -17,7 +17,7 @@ def ort_session_from_proto(proto, threads: Optional[int] = None):
     """An ONNX Runtime CPU session (``optimizer.export.ort_session``) for an in-memory model."""
     import onnx
     from ..export import ort_session
-    with tempfile.TemporaryDirectory(prefix="vitopt-quant-") as d:
+    with temp_dir("vitopt-quant-") as d:
         path = os.path.join(d, "model.onnx")
         onnx.save_model(proto, path)
         return ort_session(path, threads=threads)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional
 
+from ..fileio import temp_dir
 from .config import QuantConfig
 
 
@@ -13,7 +13,7 @@ def fp32_onnx_from_model(model, opset: int = 18):
     import onnx
     from ..export import onnx_from_torch
     from ..graph import cleanup_graph
-    with tempfile.TemporaryDirectory(prefix="vitopt-int8-") as d:
+    with temp_dir("vitopt-int8-") as d:
         fp32_path = os.path.join(d, "fp32.onnx")
         onnx_from_torch(model, fp32_path, opset=opset)
         fp32, _ = cleanup_graph(onnx.load(fp32_path))

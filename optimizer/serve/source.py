@@ -6,11 +6,11 @@ ONNX; it runs what ``vitopt export`` runs (export -> parity -> graph clean-up ->
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..fileio import temp_dir
 from ..errors import VitoptError
 from .signature import ENGINE_SUFFIXES
 
@@ -40,7 +40,7 @@ def onnx_for_model(model_arg: str, checkpoint: Optional[str], out_path, atol: fl
     loaded = load_model(model_arg, checkpoint)
     model = loaded.model.eval()
     spec = spec_for_model(model)
-    with tempfile.TemporaryDirectory(prefix="vitopt-serve-export-") as td:
+    with temp_dir("vitopt-serve-export-") as td:
         raw = Path(td) / "raw.onnx"
         print(f"serve: exporting {loaded.describe()} to ONNX", file=sys.stderr)
         onnx_from_torch(model, raw, description=loaded.describe())
