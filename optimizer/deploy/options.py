@@ -7,6 +7,7 @@ from typing import ClassVar, Mapping, Optional
 
 from ..compress.config import TypedOptions, coerce
 from ..errors import VitoptError
+from ..tolerances import tolerance_for
 
 EXPORTERS = ("dynamo", "legacy")
 
@@ -38,7 +39,7 @@ class DeployOptions(TypedOptions):
     rules: Optional[tuple] = None
     precision: str = "fp32"
     parity_images: int = 8
-    atol: float = 1e-4
+    atol: float = tolerance_for("fp32").atol   # the shared table's lossless row
     method_options: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
