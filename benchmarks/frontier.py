@@ -179,8 +179,9 @@ def main(argv=None) -> int:
              f"Variants: `vitopt sweep benchmarks/recipes/frontier.yaml --vary {' --vary '.join(vary)}` — one 24-step "
              "slim search shared by every budget, no recovery, lowrank on 64 calibration images. Accuracy: "
              "../shared/data/imagenet-mini/val (491 images, one image = 0.2 points); agreement = same top-1 as dense. "
-             "Latency: ONNX Runtime FP32, 2 threads, every variant timed round-robin in one locked run "
-             f"({interleaved['rounds']} rounds × {interleaved['iters_per_round']} iterations per batch). Engines: "
+             ("Latency: ONNX Runtime FP32, 2 threads, every variant timed round-robin in one locked run "
+              f"({interleaved['rounds']} rounds × {interleaved['iters_per_round']} iterations per batch). "
+              if files else "") + "Engines: "
              "TensorRT for RTX, built on CPU (profile 1/8/32), memory from the builder.", "",
              markdown_table(rep["rows"]), "## Does a combined variant dominate?", ""]
     if not files:
