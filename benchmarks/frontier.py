@@ -179,10 +179,10 @@ def main(argv=None) -> int:
              f"Variants: `vitopt sweep benchmarks/recipes/frontier.yaml --vary {' --vary '.join(vary)}` — one 24-step "
              "slim search shared by every budget, no recovery, lowrank on 64 calibration images. Accuracy: "
              "../shared/data/imagenet-mini/val (491 images, one image = 0.2 points); agreement = same top-1 as dense. "
-             ("Latency: ONNX Runtime FP32, 2 threads, every variant timed round-robin in one locked run "
+             + ("Latency: ONNX Runtime FP32, 2 threads, every variant timed round-robin in one locked run "
               f"({interleaved['rounds']} rounds × {interleaved['iters_per_round']} iterations per batch). "
-              if files else "") + "Engines: "
-             "TensorRT for RTX, built on CPU (profile 1/8/32), memory from the builder.", "",
+              if files else "") + "Engines: TensorRT for RTX, built on CPU (profile 1/8/32), memory from the builder.",
+             "",
              markdown_table(rep["rows"]), "## Does a combined variant dominate?", ""]
     if not files:
         lines[-1:-1] = ["Latency: not measured in this run (--no-timing), so the latency columns are empty and "
@@ -193,6 +193,13 @@ def main(argv=None) -> int:
     else:
         lines += ["No: no combined (slim + lowrank) variant has higher agreement at no more MACs and no higher "
                   "latency than a single-method variant in this run; see the table for where it falls short."]
+    if args.finished_only:
+        from optimizer.sweep.results import unfinished
+        missing = unfinished(out)
+        if missing:
+            lines += ["", f"Incomplete: this run reports the {len(results)} variants finished in {out}; "
+                      f"planned but not finished: {', '.join(missing)}. Rerun without --finished-only to "
+                      "finish them (the sweep resumes, the slim search is done)."]
     lines += ["", "## Plots", ""] + [f"![{p.stem}](frontier_files/{p.name})" for p in sorted(figs.glob("*.png"))]
     write_text(res_dir / "frontier.md", "\n".join(lines) + "\n")
     print(markdown_table(rep["rows"]))
