@@ -91,6 +91,11 @@ def time_variants(out: Path, rounds: int, iters: int, lock_timeout_s: float = 36
     return files
 
 
+def _machine() -> dict:
+    from optimizer.bench.environment import cpu_model
+    return {"cpu": cpu_model(), "physical_cores": os.cpu_count(), "note": "no timing in this run"}
+
+
 def dominance(results, batch: int = 8) -> list:
     """(combined, single, macs ratio, agreement gain, latency ratio) where the combined variant has no more
     MACs, higher agreement and no higher latency at ``batch`` than a single-method variant."""
@@ -116,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lowrank", default=LOWRANK, help=f"lowrank.params values (default {LOWRANK})")
     ap.add_argument("--finished-only", action="store_true",
                     help="time and report the variants already finished in --out, run none")
+    ap.add_argument("--no-timing", action="store_true", help="skip the ONNX Runtime timing (no latency columns)")
     ap.add_argument("--lock-timeout", type=float, default=3600, help="seconds to wait for the timing lock")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--iters", type=int, default=3)
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
     if not args.finished_only:
         run_sweep(load_recipe("benchmarks/recipes/frontier.yaml"), [parse_vary(v) for v in vary], out)
     sweep_s = time.perf_counter() - t0
-    files = time_variants(out, args.rounds, args.iters, args.lock_timeout)
+    files = {} if args.no_timing else time_variants(out, args.rounds, args.iters, args.lock_timeout)
     bench = [f"{n}={f}" for n, f in files.items()]
     rep = build_report(out, bench)
     results = sweep_results(out, bench)
@@ -153,9 +159,10 @@ def main(argv=None) -> int:
         shutil.copyfile(png, figs / png.name)
     command = "python benchmarks/frontier.py" + "".join(
         f" --{k} {getattr(args, k)}" for k, d in (("slim", SLIM), ("lowrank", LOWRANK)) if getattr(args, k) != d) + \
-        (" --finished-only" if args.finished_only else "") + \
+        (" --finished-only" if args.finished_only else "") + (" --no-timing" if args.no_timing else "") + \
         "".join(f" --{k} {getattr(args, k)}" for k, d in (("rounds", 8), ("iters", 3)) if getattr(args, k) != d)
-    interleaved = json.loads((out / "bench" / "interleaved.json").read_text())
+    interleaved = json.loads((out / "bench" / "interleaved.json").read_text()) if files else \
+        {"environment": _machine(), "rounds": 0, "iters_per_round": 0, "warmup": 0, "seconds": 0}
     meta = {"command": command, "commit": _commit(), "vary": vary, "recipe": "benchmarks/recipes/frontier.yaml",
             "data": {k: v for k, v in env.items()}, "environment": interleaved["environment"],
             "sweep_seconds_this_run": round(sweep_s, 1), "timing": {k: interleaved[k] for k in
@@ -172,16 +179,27 @@ def main(argv=None) -> int:
              f"Variants: `vitopt sweep benchmarks/recipes/frontier.yaml --vary {' --vary '.join(vary)}` — one 24-step "
              "slim search shared by every budget, no recovery, lowrank on 64 calibration images. Accuracy: "
              "../shared/data/imagenet-mini/val (491 images, one image = 0.2 points); agreement = same top-1 as dense. "
-             "Latency: ONNX Runtime FP32, 2 threads, every variant timed round-robin in one locked run "
-             f"({interleaved['rounds']} rounds × {interleaved['iters_per_round']} iterations per batch). Engines: "
-             "TensorRT for RTX, built on CPU (profile 1/8/32), memory from the builder.", "",
+             + ("Latency: ONNX Runtime FP32, 2 threads, every variant timed round-robin in one locked run "
+              f"({interleaved['rounds']} rounds × {interleaved['iters_per_round']} iterations per batch). "
+              if files else "") + "Engines: TensorRT for RTX, built on CPU (profile 1/8/32), memory from the builder.",
+             "",
              markdown_table(rep["rows"]), "## Does a combined variant dominate?", ""]
+    if not files:
+        lines[-1:-1] = ["Latency: not measured in this run (--no-timing), so the latency columns are empty and "
+                        "the dominance check below cannot hold.", ""]
     if dom:
         lines += ["At no more MACs, higher agreement and no higher ORT latency at batch 8:", ""]
         lines += [f"- {c} over {s}: MACs ×{m:.3f}, agreement +{a:.2f} points, latency ×{lr:.3f}" for c, s, m, a, lr in dom]
     else:
         lines += ["No: no combined (slim + lowrank) variant has higher agreement at no more MACs and no higher "
                   "latency than a single-method variant in this run; see the table for where it falls short."]
+    if args.finished_only:
+        from optimizer.sweep.results import unfinished
+        missing = unfinished(out)
+        if missing:
+            lines += ["", f"Incomplete: this run reports the {len(results)} variants finished in {out}; "
+                      f"planned but not finished: {', '.join(missing)}. Rerun without --finished-only to "
+                      "finish them (the sweep resumes, the slim search is done)."]
     lines += ["", "## Plots", ""] + [f"![{p.stem}](frontier_files/{p.name})" for p in sorted(figs.glob("*.png"))]
     write_text(res_dir / "frontier.md", "\n".join(lines) + "\n")
     print(markdown_table(rep["rows"]))
