@@ -311,6 +311,11 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
             if step >= total:
                 break
             if batch.images.numel() == 0:
+                # an all-unreadable batch still uses up its slot: step is also the loader position that
+                # a resume (and the next pass of this loop) skips to, so not counting it would revisit
+                # the same empty batch forever
+                step += 1
+                bar.update(1)
                 continue
             x = batch.images.to(device)
             t_logits = cache(x, batch.paths)
