@@ -104,3 +104,29 @@ def test_second_budget_reuses_the_finished_search(image_folder, tmp_path):
     cm = compress(copy.deepcopy(base), [SlimConfig(macs_ratio=0.8, **kw)], ctx)
     assert any("resuming the mask search at step 2/2" in line for line in logs)
     assert abs(cm.steps[0]["report"]["macs_ratio"] - 0.8) <= 0.016
+
+
+def test_search_ends_when_batches_hold_only_unreadable_images(tmp_path):
+    """Oracle: the search returns (it used to revisit an all-unreadable batch forever: the loader
+    position is derived from the step count, which such a batch did not advance)."""
+    import signal
+    import numpy as np
+    from PIL import Image
+    d = tmp_path / "imgs" / "cls"
+    d.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / "a_good.jpg")
+    for i in range(5):
+        (d / f"b_broken{i}.jpg").write_bytes(b"not a jpeg")
+
+    def too_long(*_):
+        raise TimeoutError("the search did not end")
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(120)
+    try:
+        model = tiny_vit(**KW)
+        res = search_masks(model, SlimConfig(macs_ratio=0.6, steps=6, batch_size=1), ctx_for(tmp_path / "imgs"),
+                           copy.deepcopy(model))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert res.token_gate.shape[0] == 3
