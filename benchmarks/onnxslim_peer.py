@@ -183,9 +183,10 @@ def to_markdown(res: dict) -> str:
              f"Machine: {env.get('cpu')} ({env.get('usable_cores')} usable cores), {env.get('os')}; "
              f"onnxruntime {v.get('onnxruntime')}, onnx {v.get('onnx')}, torch {v.get('torch')}, "
              f"onnxslim {env.get('onnxslim')}", "",
-             "ONNX Runtime CPU, 2 threads, spinning off; the four graphs of a row timed round-robin in one run "
-             f"({res['rounds']} rounds x {res['iters_per_round']} iterations per batch), p50 in ms. "
-             "Weights: DeiT-Tiny from ../shared/weights, DeiT-Small random (structure and latency do not "
+             ("ONNX Runtime CPU, 2 threads, spinning off; the four graphs of a row timed round-robin in one run "
+              f"({res['rounds']} rounds x {res['iters_per_round']} iterations per batch), p50 in ms. "
+              if res["batches"] else "Node counts only. ")
+             + "Weights: DeiT-Tiny from ../shared/weights, DeiT-Small random (structure and latency do not "
              "depend on the values).", "",
              "## Node counts", "",
              "| model | variant | exporter | raw | vitopt | onnxslim | vitopt+onnxslim | onnxslim after vitopt changes |",
