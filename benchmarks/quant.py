@@ -186,8 +186,8 @@ def stage_latency(args, work, state):
     runners = {n: OrtRunner(work / state["variants"][n]["file"], threads=2, allow_spinning=False, name=n)
                for n in names}
     res = interleaved_latency(runners, (1, 8, 32), rounds=args.rounds, iters_per_round=args.iters, warmup=2)
-    state["latency"] = res
-    _save(work, state)
+    # its own file: the stage may run (under the heavy lock) while another stage updates state.json
+    write_json(work / "latency.json", res)
 
 
 def stage_engine(args, work, state):
@@ -235,6 +235,8 @@ def _f(v, nd=1, pct=False):
 def stage_report(args, work, state, out_dir: Path):
     from optimizer.bench.environment import environment
     lat = {}
+    if (work / "latency.json").is_file():
+        state["latency"] = json.loads((work / "latency.json").read_text())
     for r in (state.get("latency") or {}).get("rows", []):
         lat.setdefault(r["name"], {})[r["batch"]] = r
     cmd = ("flock /tmp/vitopt-heavy.lock python benchmarks/quant.py --work WORK --weights "
