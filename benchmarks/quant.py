@@ -252,6 +252,7 @@ def stage_report(args, work, state, out_dir: Path):
            + (" --slim SLIM75_DIR" if any(k.startswith("slim75") for k in state["variants"]) else "")
            + (" --lowrank LOWRANK75_DIR" if any(k.startswith("lowrank75") for k in state["variants"]) else "")
            + f" --calib-images {args.calib_images} --held-images {args.held_images}"
+           + f" --rounds {args.rounds} --iters {args.iters} --latency-variants {args.latency_variants}"
            + (f" --min-agreement {args.min_agreement}" if args.min_agreement > 0 else ""))
     env = environment()
     res = {"command": cmd, "commit": _git(), "environment": env, "variants": state["variants"],
