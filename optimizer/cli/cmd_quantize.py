@@ -28,7 +28,8 @@ def register(sub) -> None:
                    help="7-bit weights: ONNX Runtime's int8 kernels on AVX2 CPUs without VNNI saturate otherwise")
     p.add_argument("--exclude", default="", metavar="NODE,...", help="node names kept in FP32")
     p.add_argument("--model", metavar="NAME",
-                   help="timm model name whose eval preprocessing to use (default: ImageNet mean/std, bicubic, crop 0.875)")
+                   help="timm model name whose eval preprocessing to use "
+                        "(default: ImageNet mean/std, bicubic, crop 0.875)")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -65,7 +66,8 @@ def run(args) -> int:
     if available <= held:
         raise VitoptError(f"{calib_dir} holds {available} images: not enough for {held} held-out images "
                           "plus calibration images")
-    take = min(n_calib, available - held) if cfg.mode == "static" else min(n_calib, available - held, 1)
+    # dynamic mode calibrates nothing: one image is enough to feed the call
+    take = min(n_calib, available - held) if cfg.mode == "static" else 1
     model = None
     if args.model:
         from ..models.loading import create_architecture

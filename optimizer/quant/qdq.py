@@ -7,7 +7,8 @@ Static, per quantized node (TensorRT's and ORT's QDQ form)::
 
 Dynamic (what ONNX Runtime's CPU kernels fuse into DynamicQuantizeMatMul)::
 
-    X ──DynamicQuantizeLinear──(X_u8, s_x, zp_x)──MatMulInteger(W_int8)──Cast──Mul(s_x * s_w[c])──(+ bias)
+    X ──DynamicQuantizeLinear──(X_u8, s_x, zp_x)──MatMulInteger(W_int8)──Cast──Mul(s_x * s_w[c])
+                                                                          ──(+ bias)
 """
 from __future__ import annotations
 
@@ -114,8 +115,7 @@ def build_quantized(proto, targets: List[Target], act_amax: Dict[str, float], co
     dyn_act: Dict[str, tuple] = {}
 
     def dynamic(n, t: Target, nodes: list) -> None:
-        import onnx as _onnx
-        attrs = {a.name: _onnx.helper.get_attribute_value(a) for a in n.attribute}
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         w = numpy_helper.to_array(inits[t.weight]).astype(np.float32)
         if n.op_type == "Gemm" and attrs.get("transB", 0):
             w = w.T
