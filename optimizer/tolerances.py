@@ -69,6 +69,10 @@ TOLERANCES = {
                       min_cosine=0.999, min_top1_agreement=0.95),
     "lossless_pass": Tolerance("lossless_pass", atol=1e-5, rtol=1e-5, check_error_stat="elemwise",
                                min_cosine=0.99999, min_top1_agreement=0.99),
+    # int8 weights (and activations): DeiT-Tiny logits keep a worst-sample cosine ~0.99 to fp32; the
+    # gate is that cosine (a few parity images make top-1 agreement too coarse to gate on)
+    "int8": Tolerance("int8", atol=5e-1, rtol=5e-1, check_error_stat="median", min_cosine=0.98,
+                      min_top1_agreement=None),
 }
 
 

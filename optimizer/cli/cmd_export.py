@@ -19,8 +19,11 @@ def add_export_options(p) -> None:
                    help="write the exporter's graph as is (no constant folding / rules)")
     p.add_argument("--rules", default=None, metavar="A,B",
                    help="graph rules to run, comma separated (default: the default rules)")
-    p.add_argument("--fp16", action="store_true",
-                   help="convert weights and compute to fp16 (LayerNorm/Softmax and graph I/O stay fp32)")
+    from ..deploy.precision import get_precision, precision_names
+    p.add_argument("--precision", default=None, metavar="|".join(precision_names()),
+                   help="graph precision (default fp32): " + "; ".join(
+                       f"{n}: {get_precision(n).help}" for n in precision_names()))
+    p.add_argument("--fp16", action="store_true", help="the same as --precision fp16")
     p.add_argument("--parity-images", default=str(d.parity_images),
                    help=f"number of images for the parity check (default {d.parity_images})")
     p.add_argument("--atol", default=str(d.atol),
@@ -43,9 +46,12 @@ def export_options_from_args(args):
     if not atol > 0:
         raise VitoptError(f"--atol must be positive, got {args.atol}")
     rules = None if args.rules is None else tuple(r.strip() for r in args.rules.split(",") if r.strip())
+    if args.fp16 and args.precision not in (None, "fp16"):
+        raise VitoptError(f"--fp16 contradicts --precision {args.precision}")
+    precision = "fp16" if args.fp16 else (args.precision or "fp32")
     return DeployOptions.from_dict({
         "opset": opset, "exporter": "legacy" if args.legacy else "dynamo", "cleanup": not args.no_cleanup,
-        "rules": rules, "precision": "fp16" if args.fp16 else "fp32",
+        "rules": rules, "precision": precision,
         "parity_images": positive_int(args.parity_images, "--parity-images"), "atol": atol,
         **{name: getattr(args, name) for name in export_options() if getattr(args, name) is not None}})
 

@@ -59,7 +59,11 @@ def export_step(model, options: DeployOptions, description: Optional[str] = None
 def rules_step(proto, options: DeployOptions):
     """Graph rules and constant folding (``optimizer.graph.cleanup_graph``): ``(proto, CleanupReport)``."""
     from ..graph import cleanup_graph
-    return cleanup_graph(proto, rules=None if options.rules is None else list(options.rules), fold=True)
+    proto, report = cleanup_graph(proto, rules=None if options.rules is None else list(options.rules), fold=True)
+    if not report.ok:   # a check rule found a graph that cannot ship (e.g. a batch baked into a gather)
+        raise VitoptError("graph check failed: " + "; ".join(f"{k}: {m}" for k, ms in report.failures.items()
+                                                              for m in ms))
+    return proto, report
 
 
 def precision_step(proto, precision: str, calib: Optional[ParityInputs] = None):

@@ -58,3 +58,24 @@ register_precision(Precision("fp32", _fp32, None, "the exported graph's float32"
 # the gate is the shared tolerance table's fp16 row (optimizer/tolerances.py says why)
 register_precision(Precision("fp16", _fp16, tolerance_for("fp16").min_cosine,
                              "weights and compute in fp16 (LayerNorm/Softmax and graph I/O stay fp32)"))
+
+
+def _int8(mode: str):
+    def convert(proto, calib):
+        from ..quant import QuantConfig, quantize_onnx
+        # 7-bit weights: ONNX Runtime's u8 x s8 kernels saturate with full-range weights on CPUs
+        # without VNNI (benchmarks/results/quant.md); the Q/DQ placement is the same either way
+        cfg = QuantConfig(mode=mode, calibrator="max", calib_images=len(calib.images), reduce_range=True)
+        out, report = quantize_onnx(proto, calib.images.detach().cpu().float().numpy(), cfg)
+        return out, report.to_dict()
+    return convert
+
+
+# int8: static Q/DQ (per-channel weights, per-tensor activations calibrated with the max calibrator on
+# the chain's images) -- the graph TensorRT builds INT8 engines from; int8_dynamic: activations
+# quantized per batch (ONNX Runtime CPU's fastest form). `vitopt quantize` has every calibrator and
+# the sensitivity fallback.
+register_precision(Precision("int8", _int8("static"), tolerance_for("int8").min_cosine,
+                             "static INT8 Q/DQ calibrated on the parity images (TensorRT, ONNX Runtime)"))
+register_precision(Precision("int8_dynamic", _int8("dynamic"), tolerance_for("int8").min_cosine,
+                             "INT8 weights, activations quantized per batch (ONNX Runtime CPU)"))

@@ -102,3 +102,19 @@ def test_parity_inputs_from_a_folder_skip_unreadable_files(image_folder):
     assert tuple(got.images.shape) == (6, 3, 32, 32) and got.source == f"real images (6 images from {image_folder})"
     with pytest.raises(VitoptError, match="parity data directory not found"):
         parity_inputs(model, str(image_folder / "nope"), 2)
+
+
+@pytest.mark.parametrize("precision,ops", [("int8", {"QuantizeLinear", "DequantizeLinear"}),
+                                           ("int8_dynamic", {"DynamicQuantizeLinear", "MatMulInteger"})])
+def test_int8_precisions_come_out_of_the_chain_quantized_and_parity_gated(precision, ops):
+    """Oracle: the quantized op types are in the graph, every weight MatMul lost its fp32 weight, the
+    file records the precision, and the chain's cosine gate (the table's int8 row) passed."""
+    from optimizer.deploy import DeployOptions, deploy_model
+    from optimizer.export import get_metadata
+    from optimizer.graph import op_histogram
+    from optimizer.tolerances import tolerance_for
+    result = deploy_model(tiny_vit(), DeployOptions(precision=precision))
+    hist = op_histogram(result.proto)
+    assert ops <= set(hist)
+    assert get_metadata(result.proto)["vitopt.precision"] == precision
+    assert result.report["parity"]["cosine"] >= tolerance_for("int8").min_cosine
