@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--fp16", action="store_true",
                    help="half precision: torch casts the model, ONNX Runtime runs an FP16-converted graph "
                         "(a prebuilt .engine keeps its own precision)")
+    p.add_argument("--kernels", action="store_true",
+                   help="torch backend on CUDA: factorised and gated layers run vitopt's Triton kernels "
+                        "(kernels/) instead of the PyTorch reference")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="torch device / ONNX Runtime provider (default cpu; TensorRT always runs on the GPU)")
     p.add_argument("--checkpoint", default=os.environ.get("VITOPT_CHECKPOINT") or None,
@@ -299,6 +302,14 @@ def run(args) -> int:
                 onnx_path = _export_onnx(loaded, tmp / "model.onnx")
                 notes.append("onnxruntime/tensorrt ran a temporary ONNX export of the model")
             if backend == "torch":
+                if args.kernels:
+                    if args.device != "cuda":
+                        raise VitoptError("--kernels runs Triton kernels on a GPU: add --device cuda")
+                    import kernels
+                    n = kernels.enable(loaded.model)
+                    print(f"torch: {n} layers run vitopt's Triton kernels", file=sys.stderr)
+                    if n == 0:
+                        notes.append("--kernels: the model has no factorised or gated layer; nothing changed")
                 runner = TorchRunner(loaded.model, device=args.device, dtype="fp16" if args.fp16 else None,
                                      threads=threads)
             elif backend == "onnxruntime":
@@ -333,7 +344,7 @@ def run(args) -> int:
     out.update({"target": args.target, "model": loaded.to_dict() if loaded else None, "skipped": skipped,
                 "notes": notes, "settings": {"batch_sizes": batches, "warmup": warmup, "iters": iters,
                                              "min_time_s": min_time, "threads": threads,
-                                             "ort_allow_spinning": args.spinning, "fp16": args.fp16,
+                                             "ort_allow_spinning": args.spinning, "fp16": args.fp16, "kernels": args.kernels,
                                              "device": args.device, "inputs": inputs_note,
                                              "concurrency": parse_batches(args.concurrency)
                                              if "triton" in backends else None},
