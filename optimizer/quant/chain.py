@@ -4,20 +4,13 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..fileio import temp_dir
 from .config import QuantConfig
 
 
 def fp32_onnx_from_model(model, opset: int = 18):
-    """PyTorch model -> ``onnx_from_torch`` -> ``cleanup_graph``: the FP32 graph ``vitopt export`` ships."""
-    import onnx
-    from ..export import onnx_from_torch
-    from ..graph import cleanup_graph
-    with temp_dir("vitopt-int8-") as d:
-        fp32_path = os.path.join(d, "fp32.onnx")
-        onnx_from_torch(model, fp32_path, opset=opset)
-        fp32, _ = cleanup_graph(onnx.load(fp32_path))
-    return fp32
+    """The FP32 graph ``vitopt export`` ships: the deployment chain (``optimizer.deploy``) at its defaults."""
+    from ..deploy import DeployOptions, deploy_model
+    return deploy_model(model, DeployOptions(opset=opset)).proto
 
 
 def int8_onnx_from_model(model, calib_inputs, config: QuantConfig = QuantConfig(), eval_inputs=None,

@@ -1,7 +1,7 @@
 """The file a served model is made from: an ONNX file, an engine, or a model exported first.
 
 ``onnx_for_model`` is the one place serving turns a compressed model directory or timm name into
-ONNX; it runs what ``vitopt export`` runs (export -> parity -> graph clean-up -> parity -> save).
+ONNX; it runs the deployment chain with ``vitopt export``'s defaults.
 """
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..fileio import temp_dir
 from ..errors import VitoptError
 from .signature import ENGINE_SUFFIXES
 
@@ -24,34 +23,23 @@ class ModelSource:
     exported_from: Optional[str] = None
 
 
-def onnx_for_model(model_arg: str, checkpoint: Optional[str], out_path, atol: float = 1e-4) -> dict:
-    """Export a timm name or compressed model directory to ``out_path`` (ONNX, dynamic batch, cleaned).
+def onnx_for_model(model_arg: str, checkpoint: Optional[str], out_path) -> dict:
+    """Export a timm name or compressed model directory to ``out_path`` through the deployment chain
+    with ``vitopt export``'s defaults (``optimizer.deploy``: export, rules, parity gate, metadata).
 
-    Returns {"onnx": path, "preprocess": spec, "model": description, "parity": max abs diff}.
-    Raises VitoptError when the model cannot be loaded or the exported graph differs from PyTorch
-    by more than ``atol``.
+    Returns {"onnx": path, "preprocess": spec, "model": description, "parity": the chain's parity}.
+    Raises VitoptError when the model cannot be loaded or a step of the chain fails.
     """
-    import onnx
-    import torch
-    from ..export import check_parity, onnx_from_torch, save_onnx, set_metadata
-    from ..graph import cleanup_graph
+    from ..deploy import deploy_model, write_onnx
     from ..models.loading import load_model
     from .preprocess import spec_for_model
     loaded = load_model(model_arg, checkpoint)
     model = loaded.model.eval()
-    spec = spec_for_model(model)
-    with temp_dir("vitopt-serve-export-") as td:
-        raw = Path(td) / "raw.onnx"
-        print(f"serve: exporting {loaded.describe()} to ONNX", file=sys.stderr)
-        onnx_from_torch(model, raw, description=loaded.describe())
-        x = torch.randn(2, *spec["input_size"], generator=torch.Generator().manual_seed(0))
-        proto, _ = cleanup_graph(onnx.load(str(raw)))
-        clean = Path(td) / "clean.onnx"
-        save_onnx(proto, clean)
-        res = check_parity(model, clean, x, atol=atol)
-        set_metadata(proto, {"vitopt.cleanup": "true", "vitopt.precision": "fp32"})
-        save_onnx(proto, out_path)
-    return {"onnx": str(out_path), "preprocess": spec, "model": loaded.describe(), "parity": res.to_dict()}
+    print(f"serve: exporting {loaded.describe()} to ONNX with vitopt export's defaults", file=sys.stderr)
+    result = deploy_model(model, description=loaded.describe())
+    write_onnx(result, out_path)
+    return {"onnx": str(out_path), "preprocess": spec_for_model(model), "model": loaded.describe(),
+            "parity": result.report["parity"]}
 
 
 def resolve_source(model_arg: str, checkpoint: Optional[str], workdir: Path) -> ModelSource:
