@@ -13,8 +13,8 @@ def register(sub) -> None:
     p.add_argument("onnx", metavar="IN.onnx", help="FP32 ONNX model (from vitopt export)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="quantized model, written atomically")
     p.add_argument("--calib", required=True, metavar="DIR", help="image folder for calibration (and held-out images)")
-    p.add_argument("--calibrator", default="entropy", choices=["max", "percentile", "entropy", "mse"],
-                   help="how static activation ranges are chosen (default entropy)")
+    p.add_argument("--calibrator", default="max", choices=["max", "percentile", "entropy", "mse"],
+                   help="how static activation ranges are chosen (default max: the best static agreement on DeiT-Tiny, benchmarks/results/quant.md)")
     p.add_argument("--percentile", type=float, default=99.99, help="clip percentile of |x| for --calibrator percentile")
     p.add_argument("--mode", default="static", choices=["static", "dynamic"],
                    help="static: calibrated Q/DQ (TensorRT, ORT); dynamic: per-batch activations (ORT CPU)")

@@ -31,7 +31,7 @@ NOT_AFTER = (
     ("slim", "lowrank", "slim after lowrank is not supported: slim slices dense Linear weights; put slim first"),
     ("slim", "gates", "slim after gates would slice widths the gate nets were calibrated on; put slim first"),
     ("recovery", "gates", "distill after gates is not supported: use the gates step's own fine-tune "
-                          "(finetune_steps), which keeps the gate groups it was trained with"),
+                          "(recovery.steps), which keeps the gate groups it was trained with"),
     ("lowrank", "gates", "lowrank after gates would factorise layers whose gates were calibrated unfactorised; "
                          "put lowrank before gates"),
 )

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from optimizer.compress.config import RecoveryConfig
 from optimizer.quant import QuantConfig, int8_onnx_from_model
 from tests.conftest import tiny_vit
 
@@ -59,7 +60,8 @@ def test_tiny_vit_after_slim_and_lowrank_quantizes(image_folder):
     from optimizer.methods.lowrank import LowRankConfig
     from optimizer.methods.slim import SlimConfig
     ctx = CompressContext(calib_dir=str(image_folder), workers=0, log=lambda s: None)
-    slim = SlimConfig(macs_ratio=0.8, importance="magnitude", prune_tokens=False, recovery="none")
+    slim = SlimConfig(macs_ratio=0.8, importance="magnitude", prune_tokens=False,
+                      recovery=RecoveryConfig(loss="none"))
     low = LowRankConfig(params_ratio=0.8, calib_images=6, batch_size=3, heldout_every=0)
     cm = compress(tiny_vit(), [slim, low], ctx, arch="vit_tiny_patch16_224", model_kwargs=TINY_KW,
                   base_weights="random")
