@@ -61,22 +61,29 @@ def provenance(argv=None) -> dict:
             "environment": scrub(environment())}
 
 
+def commit_label(prov: dict) -> str:
+    """The commit of ``prov`` as reports print it: 12 hex digits, plus " (uncommitted changes)" when
+    the tree was dirty ("unknown" outside git)."""
+    return (prov["git_commit"] or "unknown")[:12] + (" (uncommitted changes)" if prov["git_dirty"] else "")
+
+
 def reproduce_section(prov: dict) -> list:
     """Markdown lines saying how the result was made and how to make it again."""
     env = prov["environment"]
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
-    commit = (prov["git_commit"] or "unknown")[:12] + (" (uncommitted changes)" if prov["git_dirty"] else "")
+    commit = commit_label(prov)
     return ["", "## Reproduce", "", "```", prov["command"], "```", "",
             f"- commit {commit}, {prov['date']}",
             f"- {env.get('cpu', '?')}, {env.get('physical_cores', '?')} physical cores, GPU: {env.get('gpu') or 'none'}; "
             f"{env.get('os', '')}, Python {env.get('python', '?')}; {versions}"]
 
 
-def write_result(out_base, data: dict, md_lines: list, argv=None) -> dict:
+def write_result(out_base, data: dict, md_lines: list, argv=None, prov=None) -> dict:
     """Write ``out_base``.json (``data`` + provenance) and ``out_base``.md (``md_lines`` + the
-    Reproduce section), paths scrubbed, atomically; returns the provenance."""
+    Reproduce section), paths scrubbed, atomically; returns the provenance. ``prov``: one already
+    taken with ``provenance()`` (when ``data`` quotes it), else it is taken now."""
     from optimizer.fileio import write_json, write_text
-    prov = provenance(argv)
+    prov = prov if prov is not None else provenance(argv)
     write_json(f"{out_base}.json", scrub({**data, "provenance": prov}))
     write_text(f"{out_base}.md", relative("\n".join(list(md_lines) + reproduce_section(prov))) + "\n")
     return prov

@@ -2,7 +2,7 @@
 
     flock /tmp/vitopt-heavy.lock python benchmarks/engine_size.py [--variants dense,slim_75,...]
 
-For each variant: parameter bytes (fp32), ONNX bytes (the product's export + ``cleanup_graph``),
+For each variant: parameter bytes (fp32), ONNX bytes (the deployment chain: what ``vitopt export`` ships),
 then a TensorRT-for-RTX engine (CPU build, strongly typed, fp32, one profile over batch 1/8/32)
 through ``optimizer.engine.engine_from_onnx(..., layer_info=True)``: engine bytes, the builder
 log's weights and activation memory, and from its per-layer report the number of layers, of
@@ -28,15 +28,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import SHARED, deploy_to_file, provenance, write_result  # noqa: E402
 
 ARCH = "deit_tiny_patch16_224"
 SLIM_RESULTS = ROOT / "benchmarks" / "results" / "slim_deit_tiny.json"
@@ -92,18 +93,14 @@ def gated_model():
     return model
 
 
-def export(name: str, model, path: Path) -> None:
-    """The product's export + clean-up (gated models through their own exporter)."""
-    import onnx
-    from optimizer.export import onnx_from_torch, save_onnx
-    from optimizer.graph import cleanup_graph
+def export(name: str, model, path: Path) -> dict:
+    """The deployment chain (what ``vitopt export`` ships) into ``path``; gated models with the
+    gates' export settings (legacy exporter, K as the variant says, parity atol 1e-3: a gate score at
+    its threshold may decide differently in ONNX Runtime and PyTorch). Returns the chain's report."""
     if name.startswith("gates"):
-        from optimizer.methods.gates.export import onnx_from_gated
-        onnx_from_gated(model, path, fixed_k=name.endswith("fixed_k"))
-    else:
-        onnx_from_torch(model, path)
-    proto, _ = cleanup_graph(onnx.load(str(path)))
-    save_onnx(proto, path)
+        return deploy_to_file(model, path, exporter="legacy", fallback=False, atol=1e-3,
+                              gates_k="fixed" if name.endswith("fixed_k") else "data")
+    return deploy_to_file(model, path)
 
 
 def initializer_bytes(path: Path) -> int:
@@ -120,7 +117,7 @@ def measure(name: str, work: Path, capabilities: list) -> list:
     params = sum(p.numel() for p in model.parameters())
     path = work / f"{name}.onnx"
     t0 = time.perf_counter()
-    export(name, model, path)
+    report = export(name, model, path)
     export_s = time.perf_counter() - t0
     rows = []
     for cc in capabilities:
@@ -133,26 +130,19 @@ def measure(name: str, work: Path, capabilities: list) -> list:
                      "engine_other_bytes": built.size_bytes - (mem["weights_bytes"] or 0),
                      "layers": layers.get("layers"), "kernels": layers.get("kernels"),
                      "layer_constant_bytes": layers.get("constant_bytes"), "layer_types": layers.get("layer_types"),
-                     "export_s": round(export_s, 1), "build_s": built.info["build_seconds"],
-                     "builder": built.info["builder"]})
+                     "exporter": report["export"]["exporter"], "export_s": round(export_s, 1),
+                     "build_s": built.info["build_seconds"], "builder": built.info["builder"]})
     return rows
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def to_markdown(res: dict) -> str:
+def to_markdown(res: dict) -> list:
+    """The report's lines (``write_result`` adds the Reproduce section: command, commit, environment)."""
     rows = res["rows"]
     dense = {r["compute_capability"]: r for r in rows if r["variant"] == "dense"}
     mb = lambda b: "-" if b is None else f"{b / 1e6:.2f}"  # noqa: E731
     out = ["# TensorRT engine size per variant (DeiT-Tiny, TensorRT for RTX, fp32, batch 1/8/32)", "",
-           f"Command: `{res['command']}`  ", f"Commit: `{res['commit']}`  ",
-           f"Environment: {res['environment_line']}", "",
+           "ONNX files from the deployment chain (``optimizer.deploy``: export, graph rules, parity gate), "
+           f"weights: {res['weights']}.", "",
            "| variant | GPU archs | params MB | ONNX MB | engine MB | engine weights MB | engine other MB "
            "| activation MB | layers | distinct kernels | engine / dense |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -166,7 +156,7 @@ def to_markdown(res: dict) -> str:
             "distinct tactic / generated-kernel names in the builder's per-layer report (DETAILED profiling "
             "verbosity).", ""]
     out += res.get("notes", [])
-    return "\n".join(out) + "\n"
+    return out
 
 
 def main() -> int:
@@ -177,8 +167,6 @@ def main() -> int:
     ap.add_argument("--compute-capability", default="SM89",
                     help="also build for this one GPU architecture (TensorRT for RTX name; 'none': default set only)")
     args = ap.parse_args()
-    from optimizer.bench.environment import environment
-    from optimizer.fileio import write_json, write_text
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -193,16 +181,12 @@ def main() -> int:
             for row in measure(name, work, ccs):
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "layer_types"}), file=sys.stderr, flush=True)
-    env = environment()
-    res = {"command": "python benchmarks/engine_size.py " + " ".join(sys.argv[1:]), "commit": git_commit(),
-           "environment": env,
-           "environment_line": f"{env.get('cpu')}, {env.get('physical_cores')} cores, no GPU"
-           if not env.get("gpu") else f"{env.get('cpu')}, GPU {env.get('gpu')}",
+    prov = provenance()
+    res = {"command": prov["command"], "commit": prov["git_commit"],
            "weights": "../shared/weights/deit_tiny_patch16_224.pth" if (SHARED / "weights").is_dir() else "random",
            "rows": rows}
-    write_json(ROOT / f"{args.out}.json", res)
-    write_text(ROOT / f"{args.out}.md", to_markdown(res))
-    print(to_markdown(res))
+    write_result(ROOT / args.out, res, to_markdown(res), prov=prov)
+    print("\n".join(to_markdown(res)))
     return 0
 
 

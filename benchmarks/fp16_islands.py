@@ -3,7 +3,8 @@
     flock /tmp/vitopt-heavy.lock python benchmarks/fp16_islands.py [--images 491] [--probe-images 16]
 
 For both exporters (torch.export opset 18: native LayerNormalization; legacy opset 16: decomposed
-LayerNorm), the product's export + ``cleanup_graph``, then ``convert_to_fp16`` four ways:
+LayerNorm), the fp32 graph of the deployment chain (``optimizer.deploy``: what ``vitopt export``
+ships, no exporter fallback), then ``convert_to_fp16`` four ways:
   fixed list   the fixed op list (``FP32_OPS``, normalisations and their reductions) in fp32
   probe only   only the nodes ``probe_fp16`` flags on real training images
   fixed+probe  both (the probe adds to the list)
@@ -25,13 +26,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from benchmarks.engine_size import dense_model, git_commit  # noqa: E402
+from _harness import SHARED, provenance, write_result  # noqa: E402
+from engine_size import dense_model  # noqa: E402
 
 ARCH = "deit_tiny_patch16_224"
-EXPORTS = {"dynamo_opset18": {"dynamo": True, "opset": 18}, "legacy_opset16": {"dynamo": False, "opset": 16}}
+# DeployOptions per export; no fallback: a row named dynamo is the dynamo exporter's graph
+EXPORTS = {"dynamo_opset18": {"exporter": "dynamo", "opset": 18, "fallback": False},
+           "legacy_opset16": {"exporter": "legacy", "opset": 16, "fallback": False}}
 
 
 def images(folder: Path, n: int, model):
@@ -57,12 +61,10 @@ def main() -> int:
     ap.add_argument("--probe-images", type=int, default=16, help="training images the probe runs on")
     ap.add_argument("--out", default="benchmarks/results/fp16_islands")
     args = ap.parse_args()
-    import onnx
-    from optimizer.bench.environment import environment
+    from optimizer.deploy import DeployOptions, deploy_model
     from optimizer.engine import engine_from_onnx
-    from optimizer.export import onnx_from_torch, save_onnx
-    from optimizer.fileio import write_json, write_text
-    from optimizer.graph import FP32_OPS, cleanup_graph, convert_to_fp16
+    from optimizer.export import save_onnx
+    from optimizer.graph import FP32_OPS, convert_to_fp16
     from optimizer.graph.fp16_probe import probe_fp16
     from optimizer.runners.compare import compare_arrays
     from optimizer.tolerances import tolerance_for
@@ -74,9 +76,7 @@ def main() -> int:
     rows, probes, builds = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="fp16-islands-") as td:
         for ename, kw in EXPORTS.items():
-            path = Path(td) / f"{ename}.onnx"
-            onnx_from_torch(model, path, **kw)
-            proto, _ = cleanup_graph(onnx.load(str(path)))
+            proto = deploy_model(model, DeployOptions(**kw), description=ARCH).proto   # fp32, rules on
             ref = run(proto, xv)
             t0 = time.perf_counter()
             probe = probe_fp16(proto, xp)
@@ -104,16 +104,15 @@ def main() -> int:
                     except Exception as e:  # record why, the table says so
                         builds[ename] = {"built": False, "error": f"{type(e).__name__}: {e}"[:300]}
                 print(rows[-1], file=sys.stderr, flush=True)
-    env = environment()
-    res = {"command": "python benchmarks/fp16_islands.py " + " ".join(sys.argv[1:]), "commit": git_commit(),
-           "environment": env, "data": {"val": "../shared/data/imagenet-mini/val", "val_images": int(len(xv)),
-                                        "probe": "../shared/data/imagenet-mini/train", "probe_images": int(len(xp))},
+    prov = provenance()
+    env = prov["environment"]
+    res = {"command": prov["command"], "commit": prov["git_commit"], "exports": EXPORTS,
+           "data": {"val": "../shared/data/imagenet-mini/val", "val_images": int(len(xv)),
+                    "probe": "../shared/data/imagenet-mini/train", "probe_images": int(len(xp))},
            "tolerance": tol.to_dict(), "rows": rows, "probes": probes, "tensorrt_rtx_fp16_build": builds}
-    write_json(ROOT / f"{args.out}.json", res)
     md = ["# FP16 DeiT-Tiny: fp32 islands by op list vs by probing", "",
-          f"Command: `{res['command']}`  ", f"Commit: `{res['commit']}`  ",
-          f"Environment: {env.get('cpu')}, no GPU; ONNX Runtime CPU; {len(xv)} val images, probe on "
-          f"{len(xp)} train images (../shared/data/imagenet-mini)", "",
+          f"{env.get('cpu')}, GPU: {env.get('gpu') or 'none'}; ONNX Runtime CPU; {len(xv)} val images, probe on "
+          f"{len(xp)} train images (../shared/data/imagenet-mini); fp32 graphs from the deployment chain", "",
           "| export | fp32 islands | top-1 agreement | cosine | worst-sample cosine | max abs | median abs "
           "| Casts | passes fp16 row |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -130,7 +129,7 @@ def main() -> int:
         md.append(f"- {ename}: " + (f"built, {b['engine_bytes'] / 1e6:.2f} MB, weights "
                                     f"{(b['weights_bytes'] or 0) / 1e6:.2f} MB" if b["built"] else
                                     f"NOT built: {b['error']}"))
-    write_text(ROOT / f"{args.out}.md", "\n".join(md) + "\n")
+    write_result(ROOT / args.out, res, md, prov=prov)
     print("\n".join(md))
     return 0
 

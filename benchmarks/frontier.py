@@ -21,27 +21,21 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import provenance, write_result  # noqa: E402
 
 SHARED = Path("..") / "shared"
 SLIM = "off,0.5,0.6,0.75,0.9"      # slim MACs budgets (off: no slim step)
 LOWRANK = "off,0.9"                # lowrank params budgets
 BATCHES = (1, 8, 32)
 LOCK = "/tmp/vitopt-heavy.lock"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _acquire(lk, timeout_s: float) -> None:
@@ -91,11 +85,6 @@ def time_variants(out: Path, rounds: int, iters: int, lock_timeout_s: float = 36
     return files
 
 
-def _machine() -> dict:
-    from optimizer.bench.environment import cpu_model
-    return {"cpu": cpu_model(), "physical_cores": os.cpu_count(), "note": "no timing in this run"}
-
-
 def dominance(results, batch: int = 8) -> list:
     """(combined, single, macs ratio, agreement gain, latency ratio) where the combined variant has no more
     MACs, higher agreement and no higher latency at ``batch`` than a single-method variant."""
@@ -128,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--html", action="store_true", help="keep report.html in --out (it is always written there)")
     ap.add_argument("--results", default="benchmarks/results", help="where frontier.{json,md} go")
     args = ap.parse_args(argv)
+    prov = provenance(None if argv is None else [sys.argv[0], *argv])   # before the chdir: argv[0] as given
     os.chdir(ROOT)
     vary = [f"slim.macs={args.slim}", f"lowrank.params={args.lowrank}"]
     env = {"VITOPT_CHECKPOINT": str(SHARED / "weights" / "deit_tiny_patch16_224.pth"),
@@ -141,7 +131,6 @@ def main(argv=None) -> int:
     from optimizer.sweep import parse_vary, run_sweep
     from optimizer.sweep.report import build_report, markdown_table
     from optimizer.sweep.results import sweep_results
-    from optimizer.fileio import write_json, write_text
     out = Path(args.out)
     t0 = time.perf_counter()
     if not args.finished_only:
@@ -157,23 +146,20 @@ def main(argv=None) -> int:
     figs.mkdir(parents=True, exist_ok=True)
     for png in (out / "report_files").glob("*.png"):
         shutil.copyfile(png, figs / png.name)
-    command = "python benchmarks/frontier.py" + "".join(
-        f" --{k} {getattr(args, k)}" for k, d in (("slim", SLIM), ("lowrank", LOWRANK)) if getattr(args, k) != d) + \
-        (" --finished-only" if args.finished_only else "") + (" --no-timing" if args.no_timing else "") + \
-        "".join(f" --{k} {getattr(args, k)}" for k, d in (("rounds", 8), ("iters", 3)) if getattr(args, k) != d)
     interleaved = json.loads((out / "bench" / "interleaved.json").read_text()) if files else \
-        {"environment": _machine(), "rounds": 0, "iters_per_round": 0, "warmup": 0, "seconds": 0}
-    meta = {"command": command, "commit": _commit(), "vary": vary, "recipe": "benchmarks/recipes/frontier.yaml",
+        {"environment": {**prov["environment"], "note": "no timing in this run"}, "rounds": 0,
+         "iters_per_round": 0, "warmup": 0, "seconds": 0}
+    meta = {"command": prov["command"], "commit": prov["git_commit"], "vary": vary,
+            "recipe": "benchmarks/recipes/frontier.yaml",
             "data": {k: v for k, v in env.items()}, "environment": interleaved["environment"],
             "sweep_seconds_this_run": round(sweep_s, 1), "timing": {k: interleaved[k] for k in
                                                                   ("rounds", "iters_per_round", "warmup", "seconds")},
             "variants": [r.to_dict() for r in results], "table": rep["rows"], "frontier": rep["frontier"],
             "dominance_b8": [dict(zip(("combined", "single", "macs_ratio", "agreement_gain", "latency_ratio"), d))
                              for d in dom]}
-    write_json(res_dir / "frontier.json", meta)
     lines = ["# DeiT-Tiny frontier: slim budgets × lowrank (2-core CPU)", "",
-             f"Command: `{command}` (commit {meta['commit']}); the HTML report with the same plots is written to "
-             f"`{out}/report.html` by it. Machine: {interleaved['environment'].get('cpu')} "
+             f"The HTML report with the same plots is written to `{out}/report.html` by the command below. "
+             f"Machine: {interleaved['environment'].get('cpu')} "
              f"({interleaved['environment'].get('physical_cores')} physical cores, shared by other jobs), no GPU.",
              "",
              f"Variants: `vitopt sweep benchmarks/recipes/frontier.yaml --vary {' --vary '.join(vary)}` — one 24-step "
@@ -201,7 +187,7 @@ def main(argv=None) -> int:
                       f"planned but not finished: {', '.join(missing)}. Rerun without --finished-only to "
                       "finish them (the sweep resumes, the slim search is done)."]
     lines += ["", "## Plots", ""] + [f"![{p.stem}](frontier_files/{p.name})" for p in sorted(figs.glob("*.png"))]
-    write_text(res_dir / "frontier.md", "\n".join(lines) + "\n")
+    write_result(res_dir / "frontier", meta, lines, prov=prov)
     print(markdown_table(rep["rows"]))
     print(f"frontier: {res_dir / 'frontier.md'}, report {rep['html']}")
     return 0

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from optimizer.fileio import write_json, write_text  # noqa: E402
+from _harness import commit_label, provenance, write_result  # noqa: E402
 
 TOKENS = 197
 WIDTHS = {"tiny": 192, "small": 384, "base": 768}
@@ -296,11 +296,12 @@ def _targets(rows) -> dict:
             "all_match_reference": all(r["matches_reference"] for r in rows)}
 
 
-def to_markdown(result: dict) -> str:
+def to_markdown(result: dict) -> list:
+    """The report's lines (``write_result`` adds the Reproduce section: command, commit, environment)."""
     def f(v):
         return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
     lines = ["# Triton kernels vs PyTorch (cuBLAS) paths", "",
-             f"Device: {result['device']}. Command: `{result['command']}` at commit {result['commit']}.",
+             f"Device: {result['device']}.",
              f"dtype {result['dtype']}; peaks used for floors: {result['peaks']} (source: {result['peaks_source']}).",
              "GPU times (kernel / torch ms, speedup, floors): median per call of CUDA-graph replays of 20 "
              "back-to-back calls (no host launch cost, L2 warm). Eager times: median of per-call CUDA events "
@@ -325,17 +326,7 @@ def to_markdown(result: dict) -> str:
             lines.append("| " + " | ".join(f(r.get(c)) for c in (
                 "model", "method", "batch", "eager_ms", "compile_ms", "compile+kernels_ms",
                 "kernels_speedup_over_compile")) + f" | {errs} |")
-    return "\n".join(lines) + "\n"
-
-
-def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
+    return lines
 
 
 def _ints(text: str) -> list:
@@ -372,7 +363,7 @@ def main(argv=None) -> int:
         print("kernels_gpu.py needs a CUDA GPU (torch.cuda.is_available() is False); --plan works without one",
               file=sys.stderr)
         return 2
-    from optimizer.bench.environment import environment, gpu_name
+    from optimizer.bench.environment import gpu_name
     device = gpu_name()
     peaks, source = None, "none: no peak rates for this GPU (pass --peak-tflops and --peak-tbs)"
     if a.peak_tflops and a.peak_tbs:
@@ -383,21 +374,18 @@ def main(argv=None) -> int:
                 peaks, source = val, f"NVIDIA {key} datasheet (dense, no sparsity): benchmarks/kernels_gpu.py PEAKS"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"device": device, "command": "python benchmarks/kernels_gpu.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                        else argv),
-              "commit": _commit(), "environment": environment(), "dtype": a.dtype, "peaks": peaks,
-              "peaks_source": source, "flush_l2": not a.no_flush}
+    prov = provenance(None if argv is None else [sys.argv[0], *argv])
+    result = {"device": device, "command": prov["command"], "commit": commit_label(prov), "dtype": a.dtype,
+              "peaks": peaks, "peaks_source": source, "flush_l2": not a.no_flush}
     result["cases"] = run_kernel_cases(a, peaks)
     result["targets"] = _targets(result["cases"])
     result["whole_models"] = []
     # written now and again after the whole-model part, so a run cut short keeps the per-case table
-    write_json(out / "kernels_gpu.json", result)
-    write_text(out / "kernels_gpu.md", to_markdown(result))
+    write_result(out / "kernels_gpu", result, to_markdown(result), prov=prov)
     if a.compile_models:
         result["whole_models"] = run_whole_models(a)
-        write_json(out / "kernels_gpu.json", result)
-        write_text(out / "kernels_gpu.md", to_markdown(result))
-    print(to_markdown(result).split("## Per case")[0])
+        write_result(out / "kernels_gpu", result, to_markdown(result), prov=prov)
+    print("\n".join(to_markdown(result)).split("## Per case")[0])
     return 0
 
 

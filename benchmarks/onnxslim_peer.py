@@ -9,8 +9,10 @@ For each model (DeiT-Tiny with ../shared/weights when present, DeiT-Small with r
 graph structure and the latency do not depend on the values), variant and exporter (dynamo and the
 legacy TorchScript one, opset 18):
 
-* ``raw`` — the exporter's graph;
-* ``vitopt`` — ``optimizer.graph.cleanup_graph`` with its default rules (what ``vitopt export`` ships);
+* ``raw`` — the exporter's graph of the model as it is (``optimizer.deploy.export_step``, no fallback,
+  no rules);
+* ``vitopt`` — the deployment chain at its defaults (``optimizer.deploy.deploy_model``: the methods'
+  export forms, export, default graph rules, parity gate; what ``vitopt export`` ships);
 * ``onnxslim`` — ``onnxslim.slim`` on the raw graph;
 * ``vitopt+onnxslim`` — onnxslim after vitopt: anything it still removes is something vitopt missed.
 
@@ -18,26 +20,30 @@ Variants are built by structural surgery with seeded structures (no calibration,
 ``slim`` = ``optimizer.methods.slim.slicing.rebuild`` with every block at 3/4 of its heads (at least 1)
 and MLP width, and token gathers keeping 3/4 of the tokens after block 4 and 1/2 after block 8;
 ``lowrank`` = ``optimizer.methods.lowrank.rebuild`` with every block Linear factorised as two pairs
-of ranks (min(in, out)/4, 8) and random factors (exported unmerged: the two-pair form
-``merge_lowrank_pairs`` rewrites). Random-weight models get their 1-D parameters perturbed, since
-timm initialises biases to zero and ``x + 0`` is not what a trained model exports. Latency: ONNX Runtime CPU, 2 threads, spinning off, the four
-graphs timed round-robin in one run (``optimizer.bench.interleaved_latency``), medians.
+of ranks (min(in, out)/4, 8) and random factors (``raw`` and ``onnxslim`` see the two-pair form as
+exported; the chain merges the pairs in PyTorch first, the lowrank method's export form).
+Random-weight models get their 1-D parameters perturbed, since timm initialises biases to zero and
+``x + 0`` is not what a trained model exports. Latency: ONNX Runtime CPU, 2 threads, spinning off,
+the four graphs timed round-robin in one run (``optimizer.bench.interleaved_latency``), medians. Seconds:
+the graph passes only (vitopt: its rules pass; onnxslim: ``onnxslim.slim``).
 
 Writes benchmarks/results/onnxslim_peer.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _harness import SHARED, provenance, write_result  # noqa: E402
+
+EXPORTERS = {"dynamo": "dynamo", "torchscript": "legacy"}   # --exporters name -> DeployOptions.exporter
 
 
 def slim_structure(model) -> dict:
@@ -98,7 +104,7 @@ def slim_with_onnxslim(proto):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="deit_tiny_patch16_224,deit_small_patch16_224")
     ap.add_argument("--variants", default="dense,slim,lowrank")
     ap.add_argument("--exporters", default="dynamo,torchscript")
@@ -107,18 +113,19 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "onnxslim_peer"))
     args = ap.parse_args()
-    import onnx
     import onnxslim
-    from optimizer.bench import environment, interleaved_latency
-    from optimizer.export import onnx_from_torch, save_onnx
-    from optimizer.fileio import write_text
-    from optimizer.graph import cleanup_graph, op_histogram
+    from optimizer.bench import interleaved_latency
+    from optimizer.deploy import DeployOptions, deploy_model, export_step
+    from optimizer.export import save_onnx
+    from optimizer.graph import op_histogram
     from optimizer.runners.ort_runner import OrtRunner
     batches = [] if args.batch == "none" else [int(b) for b in args.batch.split(",")]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    unknown = [e for e in args.exporters.split(",") if e not in EXPORTERS]
+    if unknown:
+        ap.error(f"unknown exporters {unknown}: choose from {', '.join(EXPORTERS)}")
+    prov = provenance()
     weights = SHARED / "weights" / "deit_tiny_patch16_224.pth"
-    rows, env = [], environment()
+    rows, env = [], prov["environment"]
     with tempfile.TemporaryDirectory(prefix="vitopt-slim-peer-") as tmp:
         for name in args.models.split(","):
             ckpt = str(weights) if name == "deit_tiny_patch16_224" and weights.is_file() else None
@@ -127,12 +134,11 @@ def main() -> int:
                 for exporter in args.exporters.split(","):
                     tag = f"{name}/{variant}/{exporter}"
                     print(f"== {tag}", flush=True)
-                    raw = Path(tmp) / f"{name}_{variant}_{exporter}_raw.onnx"
-                    onnx_from_torch(model, raw, dynamo=exporter == "dynamo", fallback=False)
-                    graphs, seconds = {"raw": onnx.load(str(raw))}, {}
-                    t0 = time.perf_counter()
-                    graphs["vitopt"], report = cleanup_graph(graphs["raw"])
-                    seconds["vitopt"] = time.perf_counter() - t0
+                    opts = DeployOptions(exporter=EXPORTERS[exporter], fallback=False)
+                    graphs, seconds = {"raw": export_step(model, opts, name)[0]}, {}
+                    deployed = deploy_model(model, opts, description=name)
+                    graphs["vitopt"], report = deployed.proto, deployed.report["cleanup"]
+                    seconds["vitopt"] = report["seconds"]
                     t0 = time.perf_counter()
                     graphs["onnxslim"] = slim_with_onnxslim(graphs["raw"])
                     seconds["onnxslim"] = time.perf_counter() - t0
@@ -158,28 +164,26 @@ def main() -> int:
                            "weights": "../shared/weights/deit_tiny_patch16_224.pth" if ckpt else "random",
                            "nodes": {k: sum(h.values()) for k, h in hist.items()},
                            "histograms": hist, "onnxslim_after_vitopt_changes": diff,
-                           "vitopt_rules": {k: v for k, v in report.rules.items() if v},
-                           "vitopt_rolled_back": report.rolled_back, "vitopt_check_failures": report.failures,
+                           "vitopt_rules": {k: v for k, v in report["rules"].items() if v},
+                           "vitopt_rolled_back": report["rolled_back"], "vitopt_check_failures": report["failures"],
                            "seconds": {k: round(v, 2) for k, v in seconds.items()},
                            "latency_p50_ms": p50, "latency": lat["rows"]}
                     print(f"   nodes {row['nodes']}  onnxslim after vitopt: {diff or 'no change'}", flush=True)
                     print(f"   p50 ms {p50}", flush=True)
                     rows.append(row)
-    command = "flock /tmp/vitopt-heavy.lock python benchmarks/onnxslim_peer.py " + " ".join(sys.argv[1:])
-    env["onnxslim"] = onnxslim.__version__
-    result = {"command": command.strip(), "git_commit": commit, "environment": env, "batches": batches,
+    env = {**env, "onnxslim": onnxslim.__version__}
+    result = {"command": prov["command"], "git_commit": prov["git_commit"], "environment": env, "batches": batches,
               "rounds": args.rounds, "iters_per_round": args.iters, "rows": rows}
-    write_text(args.out + ".json", json.dumps(result, indent=1) + "\n")
-    write_text(args.out + ".md", to_markdown(result))
+    write_result(args.out, result, to_markdown(result), prov=prov)
     print(f"wrote {args.out}.json / .md")
     return 0
 
 
-def to_markdown(res: dict) -> str:
+def to_markdown(res: dict) -> list:
+    """The report's lines (``write_result`` adds the Reproduce section: command, commit, environment)."""
     env = res["environment"]
     v = env.get("versions", {})
     lines = ["# vitopt graph rules vs onnxslim", "",
-             f"Command: `{res['command']}`  ", f"Commit: `{res['git_commit']}`  ",
              f"Machine: {env.get('cpu')} ({env.get('usable_cores')} usable cores), {env.get('os')}; "
              f"onnxruntime {v.get('onnxruntime')}, onnx {v.get('onnx')}, torch {v.get('torch')}, "
              f"onnxslim {env.get('onnxslim')}", "",
@@ -212,7 +216,7 @@ def to_markdown(res: dict) -> str:
                      + ", ".join(f"{k} x{v}" for k, v in r["vitopt_rules"].items())
                      + (f"; rolled back: {r['vitopt_rolled_back']}" if r["vitopt_rolled_back"] else "")
                      + (f"; check failures: {r['vitopt_check_failures']}" if r["vitopt_check_failures"] else ""))
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """INT8 post-training quantization on DeiT-Tiny, against ONNX Runtime's own quantization tools.
 
-Variants (all exported through ``optimizer.quant.int8_onnx_from_model``'s chain: onnx_from_torch ->
-cleanup_graph -> quantize_onnx): FP32; vitopt static INT8 per calibrator (max, percentile, entropy,
-mse; 7-bit weights for ORT's AVX2 kernels, and entropy with full-range weights, the TensorRT form);
+Variants (the FP32 graph of the deployment chain, ``optimizer.deploy``: what ``vitopt export`` ships,
+then ``quantize_onnx``; ``optimizer.quant.int8_onnx_from_model``): FP32; vitopt static INT8 per
+calibrator (max, percentile, entropy, mse; 7-bit weights for ORT's AVX2 kernels, and entropy with full-range weights, the TensorRT form);
 vitopt dynamic INT8 (ORT CPU), with and without the sensitivity fallback to ``--min-agreement``;
 the peers: ORT ``quantize_dynamic`` (per-channel INT8 weights) and ``quantize_static`` (QDQ,
 per-channel, MinMax, the same calibration images); slim 0.75 and lowrank 0.75 FP32 and + INT8.
@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
+from _harness import provenance, write_result  # noqa: E402
 from optimizer.errors import VitoptError  # noqa: E402
-from optimizer.fileio import write_json, write_text  # noqa: E402
+from optimizer.fileio import write_json  # noqa: E402
 from optimizer.quant import QuantConfig  # noqa: E402
 
 STAGES = ("build", "compressed", "eval", "latency", "engine", "report")
@@ -225,14 +226,6 @@ def stage_engine(args, work, state):
     _save(work, state)
 
 
-def _git() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _f(v, nd=1, pct=False):
     if v is None:
         return "—"
@@ -240,7 +233,6 @@ def _f(v, nd=1, pct=False):
 
 
 def stage_report(args, work, state, out_dir: Path):
-    from optimizer.bench.environment import environment
     lat = {}
     if (work / "latency.json").is_file():
         state["latency"] = json.loads((work / "latency.json").read_text())
@@ -254,8 +246,8 @@ def stage_report(args, work, state, out_dir: Path):
            + f" --calib-images {args.calib_images} --held-images {args.held_images}"
            + f" --rounds {args.rounds} --iters {args.iters} --latency-variants {args.latency_variants}"
            + (f" --min-agreement {args.min_agreement}" if args.min_agreement > 0 else ""))
-    env = environment()
-    res = {"command": cmd, "commit": _git(), "environment": env, "variants": state["variants"],
+    prov = provenance()
+    res = {"command": cmd, "commit": prov["git_commit"], "variants": state["variants"],
            "latency": state.get("latency"), "engines": state.get("engines"),
            "slim_command": "vitopt compress --method slim --model deit_tiny_patch16_224 --checkpoint "
                            "../shared/weights/deit_tiny_patch16_224.pth --calib ../shared/data/imagenet-mini/train "
@@ -265,9 +257,8 @@ def stage_report(args, work, state, out_dir: Path):
                               "--params 0.75 -o LOWRANK75_DIR"}
     fp_size = state["variants"]["fp32"].get("size_bytes")
     lines = ["# INT8 post-training quantization — DeiT-Tiny, ONNX Runtime CPU", "",
-             f"Command: `{cmd}`  ", f"Commit: `{res['commit']}`; CPU {env.get('cpu')}, "
-             f"{env.get('usable_cores')} usable cores, load {env.get('load_avg_1m')}; "
-             f"versions {json.dumps(env.get('versions'))}", "",
+             f"All stages: `{cmd}` (stages cache into WORK; the Reproduce section below is the command that "
+             "wrote this report).", "",
              "Agreement/top-1/cosine: val images vs dense FP32 (ORT). Speed-up: dense FP32 p50 / variant p50, "
              "interleaved in one run, 2 threads, no spinning. Fallback: layers returned to FP32 by the sensitivity "
              "fallback (held-out train images).", "",
@@ -290,10 +281,9 @@ def stage_report(args, work, state, out_dir: Path):
     for name, e in (state.get("engines") or {}).items():
         lines.append(f"| {name} | " + (f"built, {e['engine_size_bytes'] / 1e6:.2f} MB" if e["ok"]
                                         else f"refused: `{e['error']}`") + " |")
-    lines += ["", "## Notes", ""] + [f"- {n}" for n in args.notes] + [""]
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in args.notes]
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "quant.json", res)
-    write_text(out_dir / "quant.md", "\n".join(lines))
+    write_result(out_dir / "quant", res, lines, prov=prov)
     print("\n".join(lines))
 
 

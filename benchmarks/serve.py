@@ -25,17 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from optimizer.bench import benchmark, environment, served_benchmark  # noqa: E402
+from _harness import SHARED, commit_label, provenance, relative, write_result  # noqa: E402
+from optimizer.bench import benchmark, served_benchmark  # noqa: E402
 from optimizer.cli.common import parse_batches  # noqa: E402
-from optimizer.fileio import write_json, write_text  # noqa: E402
 from optimizer.runners import OrtRunner  # noqa: E402
 from optimizer.runners.triton_runner import TritonRunner  # noqa: E402
 from optimizer.serve import ServeConfig, knee_batch_sizes, prepare_repository  # noqa: E402
@@ -43,27 +43,12 @@ from optimizer.serve.batching import queue_delay_us  # noqa: E402
 from optimizer.serve.server import TritonServer  # noqa: E402
 from optimizer.serve.source import onnx_for_model  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "deit_tiny_patch16_224.pth"
 
 
 def _rel(p) -> str:
-    """Paths in results relative to the repository (no machine paths)."""
-    p = Path(p).resolve()
-    for base in (ROOT, ROOT.parent):
-        try:
-            return str(Path("..") / p.relative_to(base)) if base == ROOT.parent else str(p.relative_to(base))
-        except ValueError:
-            continue
-    return p.name
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """A path as results write it (``_harness.relative``: relative to the repository, no machine paths)."""
+    return relative(str(Path(p).resolve()))
 
 
 def _median_row(rows):
@@ -105,7 +90,9 @@ def run_variant(label, onnx_path, args, tmp: Path) -> dict:
                               for c, rows in per.items()} for mode, per in served.items()}}
 
 
-def to_markdown(result: dict) -> str:
+def to_markdown(result: dict) -> list:
+    """The report's lines; each variant says its own command, commit and machine (``--append`` keeps
+    variants of earlier runs), ``write_result`` adds this run's Reproduce section."""
     lines = ["# Serving DeiT-Tiny through Triton (bundled server, python-ort) vs in-process ONNX Runtime", "",
              "Served: single-image HTTP requests from C client threads on the same machine; medians over "
              "interleaved rounds (no batching / dynamic batching in turn). In process: one caller, batch = C "
@@ -134,8 +121,8 @@ def to_markdown(result: dict) -> str:
                          f"{bm['throughput_ips']:.1f} | {bm['throughput_ips'] / pm['throughput_ips']:.2f}x | {cost} |")
         lines.append("")
     lines += ["batching gain = served throughput with / without dynamic batching at the same concurrency; "
-              "serving cost = served p50 / in-process p50 at one image.", ""]
-    return "\n".join(lines)
+              "serving cost = served p50 / in-process p50 at one image."]
+    return lines
 
 
 def main() -> int:
@@ -153,7 +140,7 @@ def main() -> int:
     args = ap.parse_args()
     if not WEIGHTS.is_file():
         sys.exit(f"needs the DeiT-Tiny weights at ../shared/weights ({_rel(WEIGHTS)})")
-    env = environment()
+    prov = provenance()
     variants = []
     with tempfile.TemporaryDirectory(prefix="vitopt-serve-bench-") as td:
         tmp = Path(td)
@@ -164,25 +151,18 @@ def main() -> int:
             info = onnx_for_model(model, ckpt, tmp / f"{label}.onnx")
             variants.append(run_variant(label, info["onnx"], args, tmp))
             variants[-1]["onnx"] = f"exported from {model if not Path(model).exists() else _rel(model)}"
-    cmd = "flock /tmp/vitopt-heavy.lock python benchmarks/serve.py" + (f" --slim {_rel(args.slim)}" if args.slim
-                                                                      else "")
-    cmd += " --no-dense --append" if args.no_dense and args.append else " --no-dense" if args.no_dense else ""
-    for flag, value, default in (("--concurrency", args.concurrency, "1,4,16"), ("--threads", args.threads, 2),
-                                 ("--rounds", args.rounds, 3), ("--requests", args.requests, 30),
-                                 ("--min-time", args.min_time, 3.0), ("--max-time", args.max_time, 20.0)):
-        cmd += f" {flag} {value}" if value != default else ""
-    for v in variants:
-        v.update(command=cmd, commit=_commit(), environment=env, threads=args.threads, rounds=args.rounds,
+    for v in variants:   # per variant: --append keeps variants measured by earlier runs
+        v.update(command=prov["command"], commit=commit_label(prov), environment=prov["environment"],
+                 threads=args.threads, rounds=args.rounds,
                  requests_min=args.requests, min_time_s=args.min_time, max_time_s=args.max_time)
     result = {"format": "vitopt-serve-bench", "version": 1, "variants": variants}
     if args.append and Path(args.out + ".json").is_file():
         old = json.loads(Path(args.out + ".json").read_text())
         labels = {v["label"] for v in variants}
         result["variants"] = [v for v in old.get("variants", []) if v["label"] not in labels] + variants
-    write_json(args.out + ".json", result)
     md = to_markdown(result)
-    write_text(args.out + ".md", md)
-    print(md)
+    write_result(args.out, result, md, prov=prov)
+    print("\n".join(md))
     return 0
 
 
