@@ -1,4 +1,4 @@
-"""``vitopt sweep RECIPE.yaml --vary slim.macs=0.5,0.75 [--vary lowrank.params=off,0.8] -o OUT/``."""
+"""``vitopt sweep RECIPE.yaml --vary STEP.OPTION=V1,V2 [--vary ...] -o OUT/``."""
 from __future__ import annotations
 
 

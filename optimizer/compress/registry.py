@@ -25,19 +25,30 @@ class ExportOption:
 @dataclass(frozen=True)
 class MethodEntry:
     """What the registry knows before a method's module is imported (loading a recipe or building the
-    CLI parser must not import torch): the module that registers it and the export options it declares."""
+    CLI parser must not import torch): the module that registers it, the export options it declares,
+    its role in a recipe ("compression" changes the structure, "recovery" only the weights) and the
+    methods it may not follow, each with the reason a user sees (``optimizer.pipeline.order``)."""
     module: str
     export_options: Mapping[str, ExportOption] = field(default_factory=dict)
+    role: str = "compression"
+    not_after: Mapping[str, str] = field(default_factory=dict)
 
 
 METHODS = MappingProxyType({
-    "slim": MethodEntry("optimizer.methods.slim"),
-    "lowrank": MethodEntry("optimizer.methods.lowrank"),
+    "slim": MethodEntry("optimizer.methods.slim", not_after={
+        "lowrank": "slim after lowrank is not supported: slim slices dense Linear weights; put slim first",
+        "gates": "slim after gates would slice widths the gate nets were calibrated on; put slim first"}),
+    "lowrank": MethodEntry("optimizer.methods.lowrank", not_after={
+        "gates": "lowrank after gates would factorise layers whose gates were calibrated unfactorised; "
+                 "put lowrank before gates"}),
     "gates": MethodEntry("optimizer.methods.gates", {"gates_k": ExportOption(
         ("data", "fixed"),
         "models with a gates step: 'data' (default: K = count of gate scores over the threshold, "
         "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")}),
-    "distill": MethodEntry("optimizer.distill.method"),   # recovery step: weights only, no structure
+    # weights only, no structure
+    "distill": MethodEntry("optimizer.distill.method", role="recovery", not_after={
+        "gates": "distill after gates is not supported: use the gates step's own fine-tune (recovery.steps), "
+                 "which keeps the gate groups it was trained with"}),
 })
 # name -> module that registers it on import
 METHOD_MODULES = {name: entry.module for name, entry in METHODS.items()}

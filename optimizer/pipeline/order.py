@@ -1,18 +1,17 @@
 """Which step orders a recipe may use: the rules as data, checked when the recipe loads.
 
 A recipe is a sequence of steps; some orders cannot work (``build`` before ``export``) and
-some would silently do something else than asked (``slim`` after ``gates`` slices a model
-whose gate nets were calibrated on the unsliced widths). Each rule below names the steps it
+some would silently do something else than asked (a pruning method after an input-adaptive one slices a model
+calibrated on the unsliced widths). Each rule below names the steps it
 is about and the one-line reason a user sees, so a long compression step never runs in vain.
 
-Step tags: a step has its own kind (``slim``, ``export``, ...) and, where it applies, a group
-tag: ``compression`` for every registered compression method (``slim``, ``lowrank``,
-``gates``), ``recovery`` for ``distill``; a ``bench`` step is also tagged
+Step tags: a step has its own kind (``export``, a method name, ...) and, where it applies, a group
+tag: ``compression`` or ``recovery`` (the method's role in the registry,
+``optimizer.compress.registry.METHODS``, which also holds the methods each may not follow); a ``bench`` step is also tagged
 ``bench:<backend>`` for each backend it times (``bench:onnxruntime`` needs an ONNX file,
 ``bench:tensorrt`` an engine).
 
-Supported combined orders (tested): slim → lowrank → gates; distill (manifold recovery of
-everything before it) after slim or lowrank; then eval / export / build / bench.
+Supported combined orders are tested in tests/sweep/test_order.py.
 """
 from __future__ import annotations
 
@@ -20,33 +19,29 @@ from typing import Sequence
 
 from ..errors import VitoptError
 
-COMPRESSION = ("slim", "lowrank", "gates")
-RECOVERY = ("distill",)
+from ..compress.registry import METHODS
+
+# the registry says which methods compress and which recover, and which methods each may not follow
+COMPRESSION = tuple(name for name, entry in METHODS.items() if entry.role == "compression")
+RECOVERY = tuple(name for name, entry in METHODS.items() if entry.role == "recovery")
 
 # (later, earlier, reason): ``later`` may not come after any step tagged ``earlier``
 NOT_AFTER = (
     ("compression", "export", "a compression step after export would not be in the exported model; move it before export"),
     ("recovery", "export", "distill after export would not be in the exported model; move it before export"),
     ("export", "build", "export after build: the engine would be built from the previous ONNX file"),
-    ("slim", "lowrank", "slim after lowrank is not supported: slim slices dense Linear weights; put slim first"),
-    ("slim", "gates", "slim after gates would slice widths the gate nets were calibrated on; put slim first"),
-    ("recovery", "gates", "distill after gates is not supported: use the gates step's own fine-tune "
-                          "(recovery.steps), which keeps the gate groups it was trained with"),
-    ("lowrank", "gates", "lowrank after gates would factorise layers whose gates were calibrated unfactorised; "
-                         "put lowrank before gates"),
-)
+) + tuple((name, earlier, reason) for name, entry in METHODS.items() for earlier, reason in entry.not_after.items())
 # (step, any of these before it, reason)
 NEEDS_BEFORE = (
     ("build", ("export",), "build step needs an export step before it"),
     ("bench:onnxruntime", ("export",), "bench on onnxruntime needs an export step before it"),
     ("bench:tensorrt", ("build",), "bench on tensorrt needs a build step before it (an engine to run)"),
-    ("recovery", COMPRESSION, "distill recovers what a compression step changed: put it after slim, lowrank or gates"),
+    ("recovery", COMPRESSION, "distill recovers what a compression step changed: put it after "
+                              + " or ".join(COMPRESSION)),
 )
-# steps a recipe may hold once: a second one would redo (slim, lowrank, gates) or overwrite (export, build) the first
+# steps a recipe may hold once: a second one would redo (a compression method) or overwrite (export, build) the first
 AT_MOST_ONCE = {
-    "slim": "two slim steps: give one slim step with the final budget",
-    "lowrank": "two lowrank steps: give one lowrank step with the final budget",
-    "gates": "two gates steps: give one gates step with the final budget",
+    **{name: f"two {name} steps: give one {name} step with the final budget" for name in COMPRESSION},
     "export": "two export steps: the second would overwrite model.onnx",
     "build": "two build steps: the second would overwrite the engines (give all batch sizes / precisions in one)",
 }
