@@ -134,7 +134,7 @@ class RecoveryConfig(TypedOptions):
     def distill_config(self, batch_size: Optional[int] = None, augment: Optional[bool] = None, **fixed):
         """The ``DistillConfig`` of this fine-tune; ``batch_size``/``augment`` are the method's
         fallbacks for fields left None, ``fixed`` sets trainer fields the method decides (tau, limit...)."""
-        from ..distill import DistillConfig
+        from ..distill.config import DistillConfig   # lazy: distill.config builds on this module
         kw = {"beta": 0.0 if self.loss == "logit" else 1.0, "holdout": self.holdout, "eval_at_start": False}
         kw.update({"steps": self.steps} if self.steps else {"epochs": self.epochs})
         for name, value, fallback in (("lr", self.lr, None), ("batch_size", self.batch_size, batch_size),

@@ -62,7 +62,8 @@ register_precision(Precision("fp16", _fp16, tolerance_for("fp16").min_cosine,
 
 def _int8(mode: str):
     def convert(proto, calib):
-        from ..quant import QuantConfig, quantize_onnx
+        from ..quant.config import QuantConfig
+        from ..quant.quantize import quantize_onnx
         # 7-bit weights: ONNX Runtime's u8 x s8 kernels saturate with full-range weights on CPUs
         # without VNNI (benchmarks/results/quant.md); the Q/DQ placement is the same either way
         cfg = QuantConfig(mode=mode, calibrator="max", calib_images=len(calib.images), reduce_range=True)
