@@ -60,6 +60,19 @@ def test_method_step_options_are_checked_before_the_first_step_runs(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bench_batch_that_cannot_fit_is_refused_before_the_first_step_runs(tmp_path, monkeypatch):
+    """Oracle: the run stops at the memory check (step 3 named) and the eval step before it never ran."""
+    from optimizer.pipeline import run as run_mod
+    ran = []
+    monkeypatch.setitem(run_mod._STEPS, "eval", lambda st, opts: ran.append("eval") or {})
+    text = ("model: vit_tiny_patch16_224\nmodel_kwargs: {depth: 1, embed_dim: 32, num_heads: 2, img_size: 32, "
+            "patch_size: 8, num_classes: 10}\nsteps:\n  - eval\n  - export\n  - bench: {batch: [1, 100000000]}\n")
+    r = load_recipe(write(tmp_path, text))
+    with pytest.raises(VitoptError, match="recipe step 3 \\(bench\\): batch 100000000 needs about"):
+        run_mod.run_recipe(r, tmp_path / "out")
+    assert ran == [] and not (tmp_path / "out").exists()
+
+
 def test_missing_recipe(tmp_path):
     with pytest.raises(VitoptError, match="recipe not found"):
         load_recipe(tmp_path / "none.yaml")

@@ -197,6 +197,16 @@ def _method_configs(recipe: Recipe) -> dict:
     return out
 
 
+def _check_bench_memory(recipe: Recipe, st: RunState) -> None:
+    """Refuse a bench step whose largest batch would not fit in memory (``resources.check_batch_memory``)."""
+    from ..counting import model_input_size
+    from ..resources import check_batch_memory
+    for i, step in enumerate(recipe.steps, 1):
+        if step.kind == "bench":
+            check_batch_memory(max(step.config.batch), model_input_size(st.model), _device(st),
+                               what=f"recipe step {i} (bench): batch")
+
+
 def run_recipe(recipe: Recipe, out: str | os.PathLike, work_dir: str | os.PathLike | None = None,
                on_step=None) -> dict:
     """Run every step of ``recipe`` into ``out``; returns the manifest.
@@ -220,6 +230,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, work_dir: str | os.PathLi
         st.loaded = load_model(recipe.model, recipe.checkpoint, **recipe.model_kwargs)
         _log(f"model: {st.loaded.describe()}")
         st.dense = copy.deepcopy(st.loaded.model).eval()
+        _check_bench_memory(recipe, st)   # before the first step: a batch that cannot fit never costs a compression
         for i, step in enumerate(recipe.steps, 1):
             t0 = time.perf_counter()
             _log(f"[{i}/{len(recipe.steps)}] {step.kind}")
