@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from .errors import VitoptError
+from .signals import raise_if_stopped
 
 MARKER = ".vitopt"          # inside every output directory: {"kind": ...}
 FILE = "file"               # the kind of a plain output file (no marker)
@@ -230,6 +231,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise
         if tmp.exists():
             os.chmod(tmp, _new_mode(False))  # writers that recreate the file get the umask too
+        raise_if_stopped()   # a signal some library swallowed still stops the output from landing
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -264,6 +266,7 @@ def atomic_dir(path: str | os.PathLike, kind: str = "output", force: bool = Fals
         except OSError as e:
             _name_final(e, tmp)
             raise
+        raise_if_stopped()
         if path.exists():
             with _lock:
                 allowed = force or Path(os.path.realpath(path)) in _forced

@@ -42,6 +42,14 @@ def received() -> Optional[int]:
     return _received[0] if _received else None
 
 
+def raise_if_stopped() -> None:
+    """Raise ``Stopped`` when a signal arrived while ``stop_on_signals`` was active. The handler
+    raises at once, but library code that catches ``BaseException`` (the ONNX exporters do, on
+    some paths) can swallow that; the writers call this before an output lands."""
+    if _received:
+        raise Stopped(_received[0])
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block, SIGTERM / SIGINT raise ``Stopped``; a second one exits at once (after

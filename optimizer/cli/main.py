@@ -67,7 +67,7 @@ def check_outputs(args) -> None:
 def main(argv=None) -> int:
     from ..errors import VitoptError
     from ..fileio import forget_forced, remove_temporaries
-    from ..signals import Stopped, received, stop_on_signals
+    from ..signals import Stopped, raise_if_stopped, received, stop_on_signals
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -75,6 +75,7 @@ def main(argv=None) -> int:
             try:
                 check_outputs(args)
                 rc = args.func(args)
+                raise_if_stopped()   # a signal swallowed by a library still ends the command as stopped
             except Exception:
                 if received():   # the error is a consequence of the signal (e.g. a killed data worker)
                     raise Stopped(received()) from None

@@ -26,11 +26,11 @@ FAST = ["--set", "batch_size=2", "--set", "recovery=none", "--workers", "0"]
 def _commands(broken, out: Path) -> dict:
     recipe = out.parent / "recipe.yaml"
     recipe.write_text(f"model: {ARCH}\ncalib: {broken['data']}\nworkers: 0\nsteps:\n"
-                      "  - slim: {macs: 0.7, steps: 40, batch_size: 2, recovery: none}\n  - export: {}\n")
+                      "  - slim: {macs: 0.7, steps: 400, batch_size: 2, recovery: none}\n  - export: {}\n")
     return {
         "export": (["export", "--model", ARCH, "-o", out / "m.onnx"], "model:"),
         "compress": (["compress", "--method", "slim", "--model", ARCH, "--calib", broken["data"], "--macs", "0.7",
-                      "-o", out / "slim", "--set", "steps=40", *FAST], "model:"),
+                      "-o", out / "slim", "--set", "steps=400", *FAST], "model:"),
         "run": (["run", recipe, "-o", out / "run"], "[1/"),
     }
 
@@ -108,7 +108,7 @@ def test_sigterm_to_the_group_with_data_workers(broken, sandbox):
     out = sandbox.root / "out"
     out.mkdir()
     argv = ["compress", "--method", "slim", "--model", ARCH, "--calib", broken["data"], "--macs", "0.7",
-            "-o", out / "slim", "--set", "steps=40", "--set", "batch_size=2", "--set", "recovery=none",
+            "-o", out / "slim", "--set", "steps=400", "--set", "batch_size=2", "--set", "recovery=none",
             "--workers", "1"]
     running, rc, err = _signal_during(argv, "model:", 1.5, sandbox, group=True)
     assert running and rc == 143, err
