@@ -60,7 +60,7 @@ def check_outputs(args) -> None:
                      inputs=inputs, flag="-o")
     for dest, flag in FILE_OUTPUT_ARGS:
         value = getattr(args, dest, None)
-        if value:
+        if isinstance(value, str) and value:   # a flag of that name (pick --json) prints to stdout instead
             check_output(value, FILE, inputs=inputs + ([output] if output else []), flag=flag)
 
 

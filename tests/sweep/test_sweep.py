@@ -46,7 +46,7 @@ def test_varying_a_budget_replaces_the_steps_budget(tiny_recipe):
     ("slim.bogus=1", "unknown slim option\\(s\\): bogus"),
     ("slim.macs=0.5,abc", "slim.macs_ratio: cannot read 'abc' as float"),
     ("slim.macs=0.5,1.5", "macs_ratio must be in \\(0, 1\\]"),
-    ("export.opsett=17", "export has no option opsett"),
+    ("export.opsett=17", "unknown export option\\(s\\): opsett"),
     ("slim.macs=0.5,0.5", "a value is given twice"),
 ])
 def test_bad_vary_is_one_line_exit_2_and_writes_nothing(tiny_recipe, tmp_path, capsys, vary, msg):
