@@ -73,8 +73,13 @@ def create_architecture(arch: str, **kwargs):
     timm = _timm()
     if not timm.is_model(arch):
         raise VitoptError(f"unknown model '{arch}' (not a timm model name; try timm.list_models('*vit*'))")
+    import torch
     try:
-        model = timm.create_model(arch, pretrained=False, **kwargs)
+        # seeded (without touching the caller's RNG): a model without a checkpoint gets the same random
+        # weights in every process, so its resumable work (a sweep's shared slim search) stays its own
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(arch, pretrained=False, **kwargs)
     except TypeError as e:
         raise VitoptError(f"cannot build {arch} with {kwargs}: {e}") from None
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
