@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from typing import Iterator, Optional
 
@@ -72,6 +73,9 @@ def stop_on_signals() -> Iterator[None]:
             remove_temporaries()
             os._exit(128 + signum)
         _received.append(signum)
+        # data-loader workers killed by the same signal make their iterators fail when the unwinding
+        # collects them ("Exception ignored in ... __del__" with a traceback): expected, so not shown
+        sys.unraisablehook = lambda unraisable: None
         raise Stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in HANDLED}

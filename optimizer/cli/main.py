@@ -86,6 +86,7 @@ def main(argv=None) -> int:
         return 2
     except (Stopped, KeyboardInterrupt) as e:
         remove_temporaries()  # blocks already unwound remove their own; this catches the rest
+        _after_stop()
         code = e.exit_code if isinstance(e, Stopped) else 130
         name = e.name if isinstance(e, Stopped) else "SIGINT"
         print(f"vitopt {args.command}: stopped by {name}; temporary files removed", file=sys.stderr)
@@ -105,6 +106,19 @@ def main(argv=None) -> int:
         return 1
     finally:
         forget_forced()
+
+
+def _after_stop() -> None:
+    """After a stop, multiprocessing's pymp-* scratch directory of this process is removed too (the
+    handler already silenced the "Exception ignored" reports of killed data-loader workers)."""
+    import shutil
+    try:
+        import multiprocessing.process
+        tmp = multiprocessing.process.current_process()._config.get("tempdir")
+    except Exception:
+        tmp = None
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _one_line(e: BaseException) -> str:

@@ -28,8 +28,10 @@ class Sandbox:
     def leftovers(self) -> list:
         """Temporary names vitopt uses (.NAME.xxx.tmp / .old) anywhere in the sandbox, and anything in $TMPDIR."""
         found = [p for p in self.root.rglob(".*") if p.name.endswith((".tmp", ".old"))]
-        # ONNX Runtime keeps a session id in $TMPDIR/.ses (created once, kept on purpose): not ours
-        return found + [p for p in self.tmpdir.iterdir() if p.name != ".ses"]
+        # ONNX Runtime keeps a session id in $TMPDIR/.ses (created once, kept on purpose): not ours.
+        # pymp-*: the scratch dir of a torch DataLoader worker process that the test's group-wide
+        # SIGTERM killed (as `timeout` does); the worker's own, and not vitopt's to know or remove
+        return found + [p for p in self.tmpdir.iterdir() if p.name != ".ses" and not p.name.startswith("pymp-")]
 
 
 @pytest.fixture
@@ -92,7 +94,9 @@ def broken(tmp_path_factory) -> dict:
     from optimizer.models.loading import create_architecture
     root = tmp_path_factory.mktemp("broken")
     p = {}
-    state = create_architecture(ARCH).state_dict()
+    # trained-looking weights: not the (seeded) random init a run without a checkpoint gets
+    state = {k: v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1)) if v.is_floating_point()
+             else v for k, v in create_architecture(ARCH).state_dict().items()}
     torch.save(state, root / "good.pth")
     p["good_pth"] = root / "good.pth"
     raw = (root / "good.pth").read_bytes()
