@@ -68,7 +68,7 @@ def run(args) -> int:
     import torch
     from ..compress.registry import CompressContext
     from ..distill import recover
-    from ..distill.distributed import init_from_env, rank_world
+    from ..distributed import init_from_env, rank_world
     from ..errors import VitoptError
     from ..models.loading import load_model
     cfg = _config(args)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import VitoptError
-from . import distributed as _dist  # the process-group helpers; short local name
+from .. import distributed as _dist  # the process-group helpers; short local name
 from .config import DistillConfig
 from .features import BlockTap, matched_features
 from .loss import ManifoldDistillLoss

@@ -1,4 +1,9 @@
-"""torch.distributed helpers: optional, so one CPU process needs no process group."""
+"""The one distributed layer: torch.distributed helpers every loop uses (slim search, low-rank and
+reconstruction statistics, gate training, distillation, evaluation).
+
+Optional: one process needs no process group, and every helper is then the identity, so a loop
+written with them gives the same result alone and under ``torchrun --nproc_per_node N``.
+"""
 from __future__ import annotations
 
 import os
@@ -48,3 +53,26 @@ def all_mean(values: list, device) -> list:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()
+
+
+def is_main() -> bool:
+    """True on rank 0 (or alone): the only process that writes artifacts and prints progress."""
+    return rank_world()[0] == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes in place (accumulated statistics: XᵀX, counts); returns it.
+
+    Identity when run alone. gloo reduces float64 on CPU; NCCL tensors must live on the rank's GPU.
+    """
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def shard_indices(n: int) -> list:
+    """This rank's share of ``range(n)``: every index on exactly one rank, none padded or repeated
+    (statistics summed over ranks then equal one process's; unlike DistributedSampler's padding)."""
+    rank, world = rank_world()
+    return list(range(rank, n, world))
