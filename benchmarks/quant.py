@@ -112,7 +112,7 @@ def stage_build(args, work, state):
               work / "int8_dynamic.onnx", state, "int8_dynamic", "dense")
     if args.min_agreement > 0:
         _quantize(fp32, calib, held, QuantConfig(mode="dynamic", reduce_range=True, min_agreement=args.min_agreement,
-                                                 max_fallback=args.max_fallback),
+                                                 max_fallback=args.max_fallback, rank_images=args.rank_images),
                   work / "int8_dynamic_fallback.onnx", state, "int8_dynamic_fallback", "dense")
     _save(work, state)
 
@@ -123,6 +123,8 @@ def stage_build(args, work, state):
         def get_next(self):
             x = next(self.it, None)
             return None if x is None else {"input": x}
+    if "peer_static" in v and (work / "peer_static.onnx").is_file():
+        return   # the peers are made by an earlier run of the stage
     quantize_dynamic(str(work / "fp32.onnx"), str(work / "peer_dynamic.onnx"), per_channel=True,
                      weight_type=QuantType.QInt8)
     v["peer_dynamic"] = {"file": "peer_dynamic.onnx", "base": "dense", "kind": "peer",
@@ -245,7 +247,9 @@ def stage_report(args, work, state, out_dir: Path):
            + (" --lowrank LOWRANK75_DIR" if any(k.startswith("lowrank75") for k in state["variants"]) else "")
            + f" --calib-images {args.calib_images} --held-images {args.held_images}"
            + f" --rounds {args.rounds} --iters {args.iters} --latency-variants {args.latency_variants}"
-           + (f" --min-agreement {args.min_agreement}" if args.min_agreement > 0 else ""))
+           + (f" --min-agreement {args.min_agreement}" if args.min_agreement > 0 else "")
+           + (f" --max-fallback {args.max_fallback}" if args.min_agreement > 0 else "")
+           + (f" --rank-images {args.rank_images}" if args.rank_images else ""))
     prov = provenance()
     res = {"command": cmd, "commit": prov["git_commit"], "variants": state["variants"],
            "latency": state.get("latency"), "engines": state.get("engines"),
@@ -300,6 +304,8 @@ def main(argv=None) -> int:
     p.add_argument("--min-agreement", type=float, default=0.0,
                    help="also build the dynamic variant with the sensitivity fallback to this agreement")
     p.add_argument("--max-fallback", type=int, default=8)
+    p.add_argument("--rank-images", type=int, default=None,
+                   help="the fallback ranks layers on the first N held-out images (default: all)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--latency-variants", default="fp32,int8_static_entropy,int8_dynamic,int8_dynamic_fallback,"

@@ -161,3 +161,35 @@ def evaluate(model, loader, reference=None, device: str = "cpu", desc: str = "ev
         if labeled:
             res.reference_top1 = 100.0 * rc1 / labeled
     return res
+
+
+class OnnxModel:
+    """An ONNX file run by ONNX Runtime and called like a PyTorch model (image tensor in, logits out), so
+    ``evaluate`` measures an exported graph itself: a quantized graph's accuracy is its own, not its model's.
+
+    Example: ``with OnnxModel("model.int8_dynamic.onnx") as m: evaluate(m, loader, reference=dense)``
+    """
+
+    def __init__(self, path, threads: Optional[int] = None):
+        from .runners import OrtRunner
+        self.runner = OrtRunner(path, threads=threads)
+
+    def __enter__(self) -> "OnnxModel":
+        self.runner.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.runner.deactivate()
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def to(self, device) -> "OnnxModel":
+        if str(device) != "cpu":   # the session runs where its provider says; evaluate's tensors stay on CPU
+            from .errors import VitoptError
+            raise VitoptError(f"an ONNX model is evaluated on the CPU, not {device}")
+        return self
+
+    def __call__(self, x):
+        out = self.runner.infer({self.runner.input_name: x.detach().cpu().float().numpy()})
+        return torch.from_numpy(out[self.runner.output_names[0]])

@@ -7,7 +7,9 @@ def register(sub) -> None:
     p.add_argument("sweep", help="the -o directory of `vitopt sweep`")
     p.add_argument("--batch", type=int, required=True, help="the batch size you will serve")
     p.add_argument("--backend", default="onnxruntime", help="backend whose measured latency counts")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int8_dynamic"],
+                   help="only rows measured in this precision (default: every row at its own: fp32 variants "
+                        "and their quantized rows, <variant>+int8_dynamic)")
     p.add_argument("--max-latency-ms", type=float, help="p50 latency per batch at --batch, ms")
     p.add_argument("--min-agreement", type=float, help="top-1 agreement with the dense model, %%")
     p.add_argument("--max-memory-mb", type=float, help="engine device memory (weights + activations), MB")

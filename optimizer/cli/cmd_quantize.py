@@ -24,6 +24,10 @@ def register(sub) -> None:
     p.add_argument("--calib-images", default="128", metavar="N", help="calibration images (default 128)")
     p.add_argument("--held-images", default=None, metavar="N",
                    help="held-out images for agreement and the fallback (default 64 with --min-agreement, else 0)")
+    p.add_argument("--rank-images", type=int, default=None, metavar="N",
+                   help="rank layers for the fallback on the first N held-out images (one evaluation per layer; "
+                        "default all), then check agreement on all of them")
+    p.add_argument("--max-fallback", type=int, default=8, metavar="K", help="most layers returned to FP32 (default 8)")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights: ONNX Runtime's int8 kernels on AVX2 CPUs without VNNI saturate otherwise")
     p.add_argument("--exclude", default="", metavar="NODE,...", help="node names kept in FP32")
@@ -53,6 +57,7 @@ def run(args) -> int:
     try:
         cfg = QuantConfig(calibrator=args.calibrator, percentile=args.percentile, mode=args.mode,
                           calib_images=n_calib, min_agreement=args.min_agreement, reduce_range=args.reduce_range,
+                          rank_images=args.rank_images, max_fallback=args.max_fallback,
                           exclude=tuple(x for x in args.exclude.split(",") if x))
     except ValueError as e:
         raise VitoptError(str(e)) from None

@@ -8,7 +8,8 @@ def register(sub) -> None:
     p.add_argument("--bench", nargs="+", default=[], metavar="[VARIANT=]FILE",
                    help="bench JSON files measured on other machines (`vitopt bench --json`), merged per variant")
     p.add_argument("--backend", default="onnxruntime", help="backend of the table's latency columns")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="precision of the table's columns")
+    p.add_argument("--precision", choices=["fp32", "fp16"],
+                   help="precision of the unquantized rows' columns (default fp32; quantized rows show their own)")
     p.set_defaults(func=run)
 
 

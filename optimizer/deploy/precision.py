@@ -17,11 +17,14 @@ from ..tolerances import tolerance_for
 @dataclass(frozen=True)
 class Precision:
     """name: the option value; convert: (fp32 proto, calibration ParityInputs) -> (proto, report dict);
-    min_cosine: None for a lossless precision (parity at atol), else the lossy gate; help: one line."""
+    min_cosine: None for a lossless precision (parity at atol), else the lossy gate; help: one line;
+    own_accuracy: the graph's accuracy differs enough from its model's to be measured on its own (a
+    recipe's export step evaluates it on the eval images; sweeps report it as a variant of its own)."""
     name: str
     convert: Callable
     min_cosine: Optional[float]
     help: str
+    own_accuracy: bool = False
 
 
 _PRECISIONS: dict = {}
@@ -77,6 +80,7 @@ def _int8(mode: str):
 # quantized per batch (ONNX Runtime CPU's fastest form). `vitopt quantize` has every calibrator and
 # the sensitivity fallback.
 register_precision(Precision("int8", _int8("static"), tolerance_for("int8").min_cosine,
-                             "static INT8 Q/DQ calibrated on the parity images (TensorRT, ONNX Runtime)"))
+                             "static INT8 Q/DQ calibrated on the parity images (TensorRT, ONNX Runtime)",
+                             own_accuracy=True))
 register_precision(Precision("int8_dynamic", _int8("dynamic"), tolerance_for("int8").min_cosine,
-                             "INT8 weights, activations quantized per batch (ONNX Runtime CPU)"))
+                             "INT8 weights, activations quantized per batch (ONNX Runtime CPU)", own_accuracy=True))

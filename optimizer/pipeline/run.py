@@ -90,26 +90,38 @@ def _step_eval(st: RunState, opts) -> dict:
         res["accuracy"] = "not measured: no data (set VITOPT_DATA or the recipe's data)"
         _log("eval: accuracy not measured (no data given)")
         return res
+    res.update(_accuracy(st, st.model, opts, "eval"))
+    return res
+
+
+def _accuracy(st: RunState, model, opts, what: str) -> dict:
+    """``evaluate`` of ``model`` (PyTorch, or an ``OnnxModel``) on the recipe's data against the dense
+    model (whose logits are cached in the work dir, so every variant and precision reuses them)."""
     from ..data import build_loader
     from ..evaluation import evaluate
     loader = build_loader(st.recipe.data, st.model, batch_size=opts.batch_size, synsets=st.recipe.synsets,
                           workers=st.recipe.workers, limit=opts.limit)
-    ref = st.dense if st.compressed is not None else None
+    ref = st.dense if st.compressed is not None or model is not st.model else None
     cache = st.work_dir / "eval_reference.pt" if st.work_dir is not None and ref is not None else None
-    r = evaluate(st.model, loader, reference=ref, reference_cache=cache).to_dict()
-    random_w = st.loaded.is_random
-    if random_w:
+    r = evaluate(model, loader, reference=ref, reference_cache=cache, desc=what).to_dict()
+    if st.loaded.is_random:
         r["top1"] = r["top5"] = r["reference_top1"] = None
-        _log("eval: accuracy not reported (random weights)")
+        _log(f"{what}: accuracy not reported (random weights)")
     else:
-        _log(f"eval: top-1 {r['top1']:.2f} %, top-5 {r['top5']:.2f} % on {r['images']} images"
+        _log(f"{what}: top-1 {r['top1']:.2f} %, top-5 {r['top5']:.2f} % on {r['images']} images"
              + (f", agreement with dense {r['agreement']:.2f} %" if r.get("agreement") is not None else ""))
-    res.update(r)
-    return res
+    return r
+
+
+def _eval_options(recipe: Recipe):
+    """The recipe's eval step options (the export step evaluates quantized graphs the same way)."""
+    from .step_options import EvalOptions
+    return next((s.config for s in recipe.steps if s.kind == "eval"), EvalOptions())
 
 
 def _step_export(st: RunState, opts) -> dict:
-    from ..deploy import deploy_models, parity_inputs, write_onnx
+    from ..deploy import deploy_models, get_precision, parity_inputs, write_onnx
+    from ..evaluation import OnnxModel
     inputs = parity_inputs(st.model, st.recipe.data, opts.deploy.parity_images)
     results = deploy_models(st.model, opts.deploy, inputs, opts.precisions, description=st.loaded.describe(),
                             log=lambda m: _log(f"export: {m}"))
@@ -119,6 +131,10 @@ def _step_export(st: RunState, opts) -> dict:
         write_onnx(result, path)
         st.onnx[prec] = path
         res[prec] = {**result.report, "parity": {**result.report["parity"], "inputs": inputs.source}}
+        if get_precision(prec).own_accuracy and st.recipe.data:
+            # a quantized graph's accuracy is its own: measured on the eval images, as the eval step does
+            with OnnxModel(path) as m:
+                res[prec]["eval"] = _accuracy(st, m, _eval_options(st.recipe), f"eval {prec}")
     # the first precision's report at the top level (what a one-precision recipe reads)
     return {**res[opts.precisions[0]], "precisions": res}
 

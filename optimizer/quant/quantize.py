@@ -38,6 +38,7 @@ class QuantReport:
     layers: List[LayerReport]
     calib_images: int
     eval_images: int = 0
+    rank_images: Optional[int] = None       # held-out images the fallback ranked layers on
     agreement: Optional[float] = None       # top-1 agreement with FP32 on the held-out images
     min_cosine: Optional[float] = None
     agreement_before_fallback: Optional[float] = None
@@ -151,10 +152,12 @@ def quantize_onnx(proto, calib_inputs, config: QuantConfig = QuantConfig(), eval
             # rank once: each layer quantized alone, its cost = lost agreement, then lost mean cosine;
             # then return layers to FP32 most costly first, re-measuring after each
             costs = []
+            k = len(ev) if config.rank_images is None else min(config.rank_images, len(ev))
+            report.rank_images = int(k)
             for t in active:
-                o = _outputs(build_quantized(proto, [t], amax, config), ev, config.calib_batch)
-                a, _ = _agreement(ref, o)
-                c = _mean_cosine(ref, o)
+                o = _outputs(build_quantized(proto, [t], amax, config), ev[:k], config.calib_batch)
+                a, _ = _agreement(ref[:k], o)
+                c = _mean_cosine(ref[:k], o)
                 layers[t.node].alone_agreement, layers[t.node].alone_cosine = a, c
                 costs.append((a, c, t))
             costs.sort(key=lambda x: (x[0], x[1]))

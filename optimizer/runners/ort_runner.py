@@ -52,12 +52,16 @@ def resolve_providers(providers: Union[None, str, Sequence[str]]) -> List[str]:
 
 
 def onnx_precision(path: str | os.PathLike) -> str:
-    """'fp16' when the graph's floating-point weights are mostly float16, else 'fp32'."""
+    """The precision the deployment chain recorded (``vitopt.precision``: an int8 graph's remaining float
+    weights would read fp32), else 'fp16' when the floating-point weights are mostly float16, else 'fp32'."""
     try:
         import onnx
         m = onnx.load(str(path), load_external_data=False)
     except Exception:
         return "fp32"
+    recorded = {p.key: p.value for p in m.metadata_props}.get("vitopt.precision")
+    if recorded:
+        return recorded
     from onnx import TensorProto
     count = {TensorProto.FLOAT: 0, TensorProto.FLOAT16: 0, TensorProto.BFLOAT16: 0}
     for init in m.graph.initializer:

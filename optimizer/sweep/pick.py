@@ -3,7 +3,9 @@
 Best = the highest agreement with the dense model among the variants that meet every constraint
 (ties: the lower latency at the asked batch); without agreement numbers (no evaluation images or
 random weights), the lowest latency. Memory is the engine's device memory (weights + activations at
-its largest batch) from the build step, so a memory constraint needs built engines.
+its largest batch) from the build step, so a memory constraint needs built engines. A quantized
+row (``<variant>+int8_dynamic``) competes with its own latency and agreement; ``precision`` None
+judges every row at its own precision, fp32 / fp16 only the unquantized rows at that precision.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .results import VariantResult
 class PickConstraints:
     batch: int
     backend: str = "onnxruntime"
-    precision: str = "fp32"
+    precision: Optional[str] = None          # None: each row at its own precision (fp32 or quantized)
     max_latency_ms: Optional[float] = None
     min_agreement: Optional[float] = None
     max_memory_mb: Optional[float] = None
@@ -45,6 +47,10 @@ class Pick:
                 "closest": self.closest}
 
 
+def _prec(c: PickConstraints) -> str:
+    return f"{c.precision} " if c.precision else ""
+
+
 def _measures(r: VariantResult, c: PickConstraints) -> dict:
     return {"latency_ms": r.latency_ms(c.backend, c.batch, c.precision), "agreement": r.agreement,
             "memory_mb": r.memory_mb(c.precision)}
@@ -59,7 +65,7 @@ def pick_variant(results: Sequence[VariantResult], c: PickConstraints) -> Pick:
             continue   # not measured at this backend / batch / precision: cannot be judged
         rows.append((r, m))
     if not rows:
-        raise VitoptError(f"no variant has a {c.backend} {c.precision} latency at batch {c.batch} "
+        raise VitoptError(f"no variant has a {c.backend} {_prec(c)}latency at batch {c.batch} "
                           "(bench it: the recipe's bench step, or --bench files in vitopt report)")
     checks = [("max_latency_ms", "latency_ms", c.max_latency_ms, "max"),
               ("min_agreement", "agreement", c.min_agreement, "min"),
@@ -108,7 +114,7 @@ def describe(p: Pick, c: PickConstraints) -> str:
     unit = {"max_latency_ms": "ms", "min_agreement": "%", "max_memory_mb": "MB"}
     if p.chosen is not None:
         m = _measures(p.chosen, c)
-        parts = [f"{c.backend} {c.precision} batch {c.batch}: {m['latency_ms']:.2f} ms"]
+        parts = [f"{c.backend} {c.precision or p.chosen.precision} batch {c.batch}: {m['latency_ms']:.2f} ms"]
         if m["agreement"] is not None:
             parts.append(f"agreement {m['agreement']:.2f} %")
         if m["memory_mb"] is not None:

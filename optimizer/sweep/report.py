@@ -41,6 +41,8 @@ def _steps_text(r: VariantResult) -> str:
         budget = {k: v for k, v in (opts or {}).items() if k in ("macs", "params", "latency", "macs_ratio",
                                                                 "params_ratio", "latency_ratio")}
         parts.append(kind + ("(" + ", ".join(f"{k}={v}" for k, v in budget.items()) + ")" if budget else ""))
+    if r.quantized:
+        parts.append(r.precision)
     return " → ".join(parts) or "dense"
 
 
@@ -66,8 +68,9 @@ def paired_vs_dense(results: Sequence[VariantResult]) -> dict:
     return out
 
 
-def table_rows(results: Sequence[VariantResult], backend: str = "onnxruntime", precision: str = "fp32") -> list:
-    """One dict per variant with the table's columns (used by the Markdown/HTML table and the frontier print)."""
+def table_rows(results: Sequence[VariantResult], backend: str = "onnxruntime", precision: Optional[str] = None) -> list:
+    """One dict per variant with the table's columns (used by the Markdown/HTML table and the frontier print).
+    ``precision``: of the unquantized rows' latency / engine columns (None: fp32); quantized rows show their own."""
     front = set(frontier_names(results))
     paired = paired_vs_dense(results)
     rows = []
@@ -76,12 +79,13 @@ def table_rows(results: Sequence[VariantResult], backend: str = "onnxruntime", p
         delta = None
         if d is not None:
             delta = f"{d[0]:+.2f} ± {d[1]:.2f}" + (" (noise)" if abs(d[0]) < 2 * d[1] else "")
-        eng = r.engines.get(precision) or {}
-        row = {"variant": r.name, "steps": _steps_text(r), "GMACs": _fmt(r.macs / 1e9 if r.macs else None, 3),
+        prec = r.precision if r.quantized else (precision or "fp32")
+        eng = r.engines.get(prec) or {}
+        row = {"variant": r.name, "steps": _steps_text(r), "precision": prec, "GMACs": _fmt(r.macs / 1e9 if r.macs else None, 3),
                "params M": _fmt(r.params / 1e6 if r.params else None),
                "top-1 %": _fmt(r.top1), "Δ top-1 ± SE": delta or "–", "agreement %": _fmt(r.agreement)}
         for b in TABLE_BATCHES:
-            row[f"{backend} {precision} b{b} ms"] = _fmt(r.latency_ms(backend, b, precision, _local_device(r)))
+            row[f"{backend} b{b} ms"] = _fmt(r.latency_ms(backend, b, prec, _local_device(r)))
         row["engine MB"] = _fmt(eng.get("size_mb"), 1)
         row["act. MB"] = _fmt(eng.get("activation_mb"), 1)
         row["frontier"] = "yes" if r.name in front else ""
@@ -209,10 +213,10 @@ def plot_size(results) -> bytes:
     x = list(range(len(results)))
     params = [(r.params or 0) / 1e6 for r in results]
     ax.bar([i - 0.2 for i in x], params, width=0.4, label="params M")
-    mem = [r.memory_mb("fp32") for r in results]
+    mem = [r.memory_mb() for r in results]
     if any(m is not None for m in mem):
         ax.bar([i + 0.2 for i in x], [m or 0 for m in mem], width=0.4,
-               label="fp32 engine memory MB (weights + activations)")
+               label="engine memory MB (weights + activations, own precision)")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
     ax.legend(fontsize=8)
@@ -262,7 +266,7 @@ def _notes(results, bench: Sequence[str]) -> list:
     return notes
 
 
-def build_report(out, bench: Sequence[str] = (), backend: str = "onnxruntime", precision: str = "fp32") -> dict:
+def build_report(out, bench: Sequence[str] = (), backend: str = "onnxruntime", precision: Optional[str] = None) -> dict:
     """Write ``out``/report.md (+ report_files/*.png) and the self-contained ``out``/report.html.
 
     Returns {"md", "html", "rows", "frontier"}. Example: ``build_report("build/demo")["html"]``

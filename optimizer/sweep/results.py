@@ -5,6 +5,10 @@ eval step, MACs / params from eval (or the last compression step), latency and t
 bench rows (every row keeps the environment it was measured in), engine size and memory from its
 build step. Bench files measured on other machines (``vitopt bench --json``) are merged in with
 their own device description.
+
+A quantized precision of a variant's export step (``int8``, ``int8_dynamic``: precisions whose
+accuracy is their own) is a row of its own, ``<variant>+<precision>``: its accuracy from the export
+step's evaluation of that graph, its latency and engine from the rows of that precision.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class VariantResult:
     name: str
     label: str
     steps: list                              # [{kind: options}] as run
+    precision: str = "fp32"                  # a quantized row's precision: its accuracy and latency are that graph's
     macs: Optional[float] = None
     params: Optional[int] = None
     top1: Optional[float] = None
@@ -36,23 +41,36 @@ class VariantResult:
     def is_dense(self) -> bool:
         return self.name == DENSE
 
-    def latency_ms(self, backend: str, batch: int, precision: str = "fp32", device: Optional[str] = None):
-        """p50 latency (ms per batch) of the first matching bench row, None when not measured."""
+    @property
+    def quantized(self) -> bool:
+        return self.precision != "fp32"
+
+    def _precision(self, precision: Optional[str]) -> Optional[str]:
+        """The precision asked of this row: None = the row's own; a quantized row answers only for its own."""
+        if self.quantized:
+            return self.precision if precision in (None, self.precision) else None
+        return precision or "fp32"
+
+    def latency_ms(self, backend: str, batch: int, precision: Optional[str] = None, device: Optional[str] = None):
+        """p50 latency (ms per batch) of the first matching bench row, None when not measured.
+        ``precision`` None: the row's own (fp32, or the precision a quantized row was made in)."""
+        precision = self._precision(precision)
         for r in self.bench:
             if (r["backend"] == backend and int(r["batch"]) == int(batch) and r.get("precision") == precision
                     and (device is None or r["device_label"] == device)):
                 return r["p50_ms"]
         return None
 
-    def memory_mb(self, precision: str = "fp32") -> Optional[float]:
+    def memory_mb(self, precision: Optional[str] = None) -> Optional[float]:
         """Engine device memory (weights + activations at its largest batch), None without an engine."""
-        e = self.engines.get(precision)
+        e = self.engines.get(self._precision(precision))
         if not e or e.get("weights_mb") is None or e.get("activation_mb") is None:
             return None
         return e["weights_mb"] + e["activation_mb"]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "label": self.label, "steps": self.steps, "macs": self.macs, "params": self.params,
+        return {"name": self.name, "label": self.label, "steps": self.steps, "precision": self.precision,
+                "macs": self.macs, "params": self.params,
                 "top1": self.top1, "agreement": self.agreement, "images": self.images, "bench": self.bench,
                 "engines": self.engines}
 
@@ -69,15 +87,21 @@ def _mb(b):
     return None if b is None else round(b / 1e6, 2)
 
 
-def _from_manifest(v: dict) -> VariantResult:
+def _from_manifest(v: dict) -> list:
+    """The variant's row, then one row per quantized precision its export step evaluated."""
     m = v["manifest"]
     res = VariantResult(v["name"], v.get("label", v["name"]), v.get("steps", []))
+    quantized = {}
     for s in m.get("steps", []):
         r = s.get("result") or {}
         if s["step"] == "eval":
             res.macs, res.params = r.get("macs"), r.get("params")
             res.top1, res.agreement, res.images = r.get("top1"), r.get("agreement"), r.get("images")
             res.per_image = r.get("per_image") or {}
+        elif s["step"] == "export":
+            for prec, rep in (r.get("precisions") or {}).items():
+                if rep.get("eval"):
+                    quantized[prec] = rep["eval"]
         elif s["step"] == "bench":
             for row in r.get("rows", []):
                 res.bench.append({**row, "source": "sweep", "device_label": device_label(row)})
@@ -92,7 +116,18 @@ def _from_manifest(v: dict) -> VariantResult:
             res.macs, res.params = r["after"].get("macs"), r["after"].get("params")
     if res.is_dense and res.top1 is not None and res.agreement is None:
         res.agreement = 100.0   # the dense model is the reference
-    return res
+    rows = [res]
+    for prec, ev in quantized.items():
+        q = VariantResult(f"{res.name}+{prec}", f"{res.label}, {prec}", res.steps, precision=prec, macs=res.macs,
+                          params=res.params, top1=ev.get("top1"), agreement=ev.get("agreement"),
+                          per_image=ev.get("per_image") or {}, images=ev.get("images"),
+                          bench=[b for b in res.bench if b.get("precision") == prec],
+                          engines={k: e for k, e in res.engines.items() if k == prec})
+        rows.append(q)
+    # the variant's own row keeps the unquantized precisions' numbers
+    res.bench = [b for b in res.bench if b.get("precision") not in quantized]
+    res.engines = {k: e for k, e in res.engines.items() if k not in quantized}
+    return rows
 
 
 def _merge_bench(results: list, spec: str) -> None:
@@ -114,7 +149,9 @@ def _merge_bench(results: list, spec: str) -> None:
     if name not in by_name:
         raise VitoptError(f"--bench {spec}: no variant {name!r} (variants: {', '.join(by_name)})")
     for row in obj["rows"]:
-        by_name[name].bench.append({**row, "source": os.path.basename(path), "device_label": device_label(row)})
+        # rows of a quantized graph (``vitopt bench model.int8_dynamic.onnx``) belong to that precision's row
+        target = by_name.get(f"{name}+{row.get('precision')}", by_name[name])
+        target.bench.append({**row, "source": os.path.basename(path), "device_label": device_label(row)})
 
 
 def sweep_results(out, bench: Sequence[str] = ()) -> list:
@@ -126,7 +163,8 @@ def sweep_results(out, bench: Sequence[str] = ()) -> list:
     done = [v for v in meta.get("variants", []) if v["finished"]]
     if not done:
         raise VitoptError(f"{out}: no finished variant yet (run `vitopt sweep` into it)")
-    results = sorted((_from_manifest(v) for v in done), key=lambda r: (not r.is_dense, -(r.macs or 0), r.name))
+    results = sorted((r for v in done for r in _from_manifest(v)),
+                     key=lambda r: (not r.is_dense, -(r.macs or 0), r.name))
     for spec in bench:
         _merge_bench(results, spec)
     return results

@@ -78,6 +78,12 @@ def test_fallback_returns_the_sensitive_layer_to_fp32():
     # the returned graph is the one measured: mm1 has no Q/DQ on its input
     assert "h0_quantized" not in {n.output[0] for n in q.graph.node}
     np.testing.assert_array_equal(_inits(q)["w1"], ws[1])
+    # ranking on 8 of the 64 held-out images finds the same layer; agreement is still judged on all 64
+    q8, rep8 = quantize_onnx(proto, calib, QuantConfig(calibrator="max", min_agreement=0.95, rank_images=8),
+                             eval_inputs=held)
+    assert rep8.rank_images == 8 and rep8.eval_images == 64 and rep.rank_images == 64
+    assert [f["node"] for f in rep8.fallback] == [f["node"] for f in rep.fallback]
+    assert rep8.agreement == rep.agreement
 
 
 def test_gathered_weight_is_quantized_per_channel_before_the_gather():
@@ -154,6 +160,7 @@ def test_too_few_calibration_images_and_fallback_without_held_out_images_are_ref
     (dict(op_types=("Attention",)), "op_types must be a non-empty subset"),
     (dict(calibrator="mse", calib_images=4), "the mse calibrator needs at least 16 calibration images"),
     (dict(mode="dynamic", dtype="fp8"), "dynamic mode quantizes activations to uint8"),
+    (dict(rank_images=0), "rank_images must be a positive number of images"),
 ])
 def test_config_validates(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -145,7 +145,7 @@ def test_pick_best_fit_none_fits_and_unreported_constraint(sweep_dir, capsys):
                                                                          if r.agreement is not None)
     # batch never benchmarked: exit 2
     assert main(["pick", str(sweep_dir), "--batch", "64"]) == 2
-    assert "no variant has a onnxruntime fp32 latency at batch 64" in capsys.readouterr().err
+    assert "no variant has a onnxruntime latency at batch 64" in capsys.readouterr().err
 
 
 def test_pick_memory_without_engines_is_exit_2(sweep_dir, tmp_path, capsys):
