@@ -207,13 +207,15 @@ def _export_onnx(loaded, path: Path) -> str:
 
 
 def _fp16_onnx(src: str, dst: Path) -> str:
+    """``src`` through the deployment chain's fp16 precision step: the graph ``vitopt export --precision
+    fp16`` ships (LayerNorm/Softmax and graph I/O stay FP32)."""
     import onnx
-    from ..fileio import atomic_path
-    from ..graph import convert_to_fp16
-    print(f"onnxruntime: converting {Path(src).name} to FP16 with optimizer.graph.convert_to_fp16 "
+    from ..deploy import precision_step
+    from ..export import save_onnx
+    print(f"onnxruntime: converting {Path(src).name} to FP16 with the deployment chain's fp16 precision step "
           "(inputs/outputs stay FP32)", file=sys.stderr)
-    with atomic_path(dst) as tmp:
-        onnx.save(convert_to_fp16(onnx.load(src)), str(tmp))
+    proto, _ = precision_step(onnx.load(src), "fp16")
+    save_onnx(proto, dst)
     return str(dst)
 
 

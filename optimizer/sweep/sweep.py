@@ -206,7 +206,8 @@ def _check_out(out, rhash: str, recipe: Recipe) -> dict:
             raise VitoptError(f"{out} holds a sweep of another recipe ({prev.get('recipe')}, hash "
                               f"{str(prev.get('recipe_sha256'))[:12]}; this one {rhash[:12]}): use another -o")
         return prev
-    if out.is_dir() and any(out.iterdir()):
+    # a lone shared/ is work seeded from a sweep with the same method settings (fingerprinted, so reusable)
+    if out.is_dir() and any(p.name != SHARED for p in out.iterdir()):
         raise VitoptError(f"{out} is not empty and holds no {SWEEP_JSON}: use an empty or new directory")
     return {"format": FORMAT, "version": VERSION, "recipe": recipe.source, "recipe_sha256": rhash, "variants": []}
 

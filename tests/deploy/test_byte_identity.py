@@ -61,3 +61,25 @@ def test_export_and_recipe_agree_for_non_default_options(tmp_path, tiny_everywhe
     assert (tmp_path / "run" / "model.fp16.onnx").read_bytes() == cli
     meta = get_metadata(onnx.load_from_string(cli))
     assert (meta["vitopt.exporter"], meta["vitopt.opset"], meta["vitopt.precision"]) == ("torchscript", "17", "fp16")
+
+
+def test_bench_fp16_times_the_graph_export_fp16_ships(tmp_path, tiny_everywhere, monkeypatch, capsys):
+    """``vitopt bench --fp16`` converts through the chain's fp16 precision step: the graph it times has the
+    nodes and weights of ``vitopt export --precision fp16`` (metadata aside) and FP32 inputs/outputs."""
+    import onnx
+    import optimizer.cli.cmd_bench as cmd_bench
+    _cli_export(tmp_path, "fp32.onnx")
+    shipped = onnx.load_from_string(_cli_export(tmp_path, "fp16.onnx", ["--precision", "fp16"]))
+    kept = tmp_path / "bench16.onnx"
+    real = cmd_bench._fp16_onnx
+
+    def keep(src, dst):      # the benchmark's temporary file, kept for the comparison
+        out = real(src, dst)
+        shutil.copyfile(out, kept)
+        return out
+    monkeypatch.setattr(cmd_bench, "_fp16_onnx", keep)
+    assert main(["bench", str(tmp_path / "fp32.onnx"), "--backend", "onnxruntime", "--fp16", "--batch", "1",
+                 "--iters", "1", "--warmup", "0", "--min-time", "0"]) == 0
+    timed = onnx.load(str(kept))
+    assert timed.graph.SerializeToString() == shipped.graph.SerializeToString()
+    assert timed.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

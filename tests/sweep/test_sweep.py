@@ -2,6 +2,7 @@
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,3 +130,22 @@ def test_sigkill_mid_sweep_then_rerun_skips_finished_and_reuses_the_search(tiny_
     for name in ("dense", "slim-macs0.5", "slim-macs0.8"):
         assert (out / "variants" / name / "manifest.json").is_file()
     assert not [p for p in (out / "variants").iterdir() if p.name.startswith(".")]   # no stale temp dirs
+
+
+def test_a_new_sweep_seeded_with_another_sweeps_shared_work_reuses_its_search(tiny_recipe, tmp_path, capsys):
+    """An output directory holding only shared/ (copied from a sweep of the same method settings) is accepted
+    and its finished slim search is reused, not run again; anything else beside it is still refused."""
+    recipe = tmp_path / "seed.yaml"
+    recipe.write_text("\n".join(l for l in tiny_recipe(search_steps=4).read_text().splitlines()
+                                if not any(k in l for k in ("lowrank:", "export:", "bench:"))) + "\n")
+    assert main(["sweep", str(recipe), "--vary", "slim.macs=0.5", "-o", str(tmp_path / "a")]) == 0
+    assert "resuming the mask search" not in capsys.readouterr().err     # a's own search, from step 0
+    shutil.copytree(tmp_path / "a" / "shared", tmp_path / "b" / "shared")
+    assert main(["sweep", str(recipe), "--vary", "slim.macs=0.8", "-o", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert re.findall(r"resuming the mask search at step (\d+)/(\d+)", err) == [("4", "4")]   # a's, finished
+    assert (tmp_path / "b" / "variants" / "slim-macs0.8" / "manifest.json").is_file()
+    shutil.copytree(tmp_path / "a" / "shared", tmp_path / "c" / "shared")
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    assert main(["sweep", str(recipe), "--vary", "slim.macs=0.8", "-o", str(tmp_path / "c")]) == 2
+    assert "is not empty and holds no sweep.json" in capsys.readouterr().err
