@@ -23,6 +23,19 @@ def _recipe(tmp_path, export_opts: str):
     return r
 
 
+def _keep_temporary(monkeypatch, module, name, kept):
+    """Wrap ``module.name`` (a function writing the benchmark's temporary ONNX file and returning its path)
+    so the file is also copied to ``kept`` for the comparison; returns ``kept``."""
+    real = getattr(module, name)
+
+    def keep(*args):
+        out = real(*args)
+        shutil.copyfile(out, kept)
+        return out
+    monkeypatch.setattr(module, name, keep)
+    return kept
+
+
 def _cli_export(tmp_path, name, extra=()):
     out = tmp_path / name
     assert main(["export", "--model", "vit_tiny_patch16_224", "-o", str(out), *extra]) == 0
@@ -36,14 +49,7 @@ def test_export_recipe_and_bench_write_byte_identical_onnx(tmp_path, tiny_everyw
     assert main(["run", str(_recipe(tmp_path, "{precision: fp32}")), "-o", str(tmp_path / "run")]) == 0
     recipe = (tmp_path / "run" / "model.onnx").read_bytes()
 
-    kept = tmp_path / "bench.onnx"
-    real = cmd_bench._export_onnx
-
-    def keep(loaded, path):      # the benchmark's temporary file, kept for the comparison
-        out = real(loaded, path)
-        shutil.copyfile(out, kept)
-        return out
-    monkeypatch.setattr(cmd_bench, "_export_onnx", keep)
+    kept = _keep_temporary(monkeypatch, cmd_bench, "_export_onnx", tmp_path / "bench.onnx")
     assert main(["bench", "vit_tiny_patch16_224", "--backend", "onnxruntime", "--batch", "1", "--iters", "1",
                  "--warmup", "0", "--min-time", "0"]) == 0
     bench = kept.read_bytes()
@@ -70,14 +76,7 @@ def test_bench_fp16_times_the_graph_export_fp16_ships(tmp_path, tiny_everywhere,
     import optimizer.cli.cmd_bench as cmd_bench
     _cli_export(tmp_path, "fp32.onnx")
     shipped = onnx.load_from_string(_cli_export(tmp_path, "fp16.onnx", ["--precision", "fp16"]))
-    kept = tmp_path / "bench16.onnx"
-    real = cmd_bench._fp16_onnx
-
-    def keep(src, dst):      # the benchmark's temporary file, kept for the comparison
-        out = real(src, dst)
-        shutil.copyfile(out, kept)
-        return out
-    monkeypatch.setattr(cmd_bench, "_fp16_onnx", keep)
+    kept = _keep_temporary(monkeypatch, cmd_bench, "_fp16_onnx", tmp_path / "bench16.onnx")
     assert main(["bench", str(tmp_path / "fp32.onnx"), "--backend", "onnxruntime", "--fp16", "--batch", "1",
                  "--iters", "1", "--warmup", "0", "--min-time", "0"]) == 0
     timed = onnx.load(str(kept))
