@@ -99,12 +99,20 @@ def count_macs(model: nn.Module, inputs: Optional[torch.Tensor] = None, img_size
                   per_module={k: v / batch for k, v in per_module.items()})
 
 
-def model_input_size(model: nn.Module, default: int = 224) -> tuple:
-    """(C, H, W) the model was built for (its patch embed), else its pretrained config."""
+def model_input_size(model: nn.Module, default: Optional[int] = 224) -> tuple:
+    """(C, H, W) the model was built for (its patch embed), else its pretrained config, else
+    (3, default, default); with ``default=None`` an unknown size raises VitoptError (the exporter
+    must not guess)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = cfg.get("input_size")
     pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "img_size", None):
-        h, w = pe.img_size
-        return (getattr(getattr(pe, "proj", None), "in_channels", 3), h, w)
-    return tuple(size) if size else (3, default, default)
+    img = getattr(pe, "img_size", None)
+    if pe is not None and img:
+        h, w = (img, img) if isinstance(img, int) else tuple(img)
+        return (int(getattr(getattr(pe, "proj", None), "in_channels", 3)), int(h), int(w))
+    if size:
+        return tuple(map(int, size))
+    if default is None:
+        from .errors import VitoptError
+        raise VitoptError(f"cannot tell the input size of {type(model).__name__}: pass example_shape=(C, H, W)")
+    return (3, default, default)

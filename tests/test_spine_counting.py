@@ -44,3 +44,21 @@ def test_prunable_blocks_count_same_and_token_gather_counts_fewer(tiny_model):
 def test_dynamic_count_is_mean_per_image(tiny_model):
     x = torch.randn(4, 3, 32, 32)
     assert count_macs(tiny_model, x).macs == count_macs(tiny_model).macs
+
+
+def test_model_input_size_is_the_one_input_size(tiny_model):
+    """The exporter, the parity inputs and the memory check share one input size: the patch embed's, else
+    the pretrained config's; the exporter (default=None) refuses to guess where neither exists."""
+    from optimizer.counting import model_input_size
+    from optimizer.deploy import parity_inputs
+    from optimizer.errors import VitoptError
+    pe = tiny_model.patch_embed
+    want = (pe.proj.in_channels, *pe.img_size)
+    assert model_input_size(tiny_model) == model_input_size(tiny_model, default=None) == want
+    assert tuple(parity_inputs(tiny_model, None, 3).images.shape) == (3, *want)
+    bare = torch.nn.Linear(4, 2)
+    assert model_input_size(bare) == (3, 224, 224)
+    bare.pretrained_cfg = {"input_size": (1, 28, 28)}
+    assert model_input_size(bare, default=None) == (1, 28, 28)
+    with pytest.raises(VitoptError, match="cannot tell the input size of Linear"):
+        model_input_size(torch.nn.Linear(4, 2), default=None)

@@ -23,7 +23,7 @@ def parity_inputs(model, data_dir: Optional[str], n: int) -> ParityInputs:
     Example: ``parity_inputs(model, "../shared/data/imagenet-mini/val", 8)``
     """
     import torch
-    from ..export import input_shape_of
+    from ..counting import model_input_size
     if n < 1:
         raise VitoptError(f"the parity check needs at least one input, got {n}")
     if data_dir:
@@ -38,4 +38,4 @@ def parity_inputs(model, data_dir: Optional[str], n: int) -> ParityInputs:
             raise VitoptError(f"no readable images in {data_dir} for the parity check")
         return ParityInputs(torch.stack(imgs), f"real images ({len(imgs)} images from {data_dir})")
     g = torch.Generator().manual_seed(0)
-    return ParityInputs(torch.randn(*input_shape_of(model, n), generator=g), f"random inputs ({n}, seeded; no data given)")
+    return ParityInputs(torch.randn(n, *model_input_size(model, default=None), generator=g), f"random inputs ({n}, seeded; no data given)")

@@ -5,8 +5,8 @@ precision -> parity gate -> metadata -> atomic write), called by every entry poi
 ``optimizer.deploy``.
 """
 from .parity import ParityResult, check_parity, compare_outputs, ort_session
-from .torch_to_onnx import (ExportInfo, get_metadata, input_shape_of, onnx_from_torch, proto_from_torch, save_onnx,
+from .torch_to_onnx import (ExportInfo, get_metadata, onnx_from_torch, proto_from_torch, save_onnx,
                             set_metadata)
 
 __all__ = ["ExportInfo", "onnx_from_torch", "proto_from_torch", "save_onnx", "set_metadata", "get_metadata",
-           "input_shape_of", "ParityResult", "check_parity", "compare_outputs", "ort_session"]
+           "ParityResult", "check_parity", "compare_outputs", "ort_session"]

@@ -52,20 +52,6 @@ class ExportInfo:
         return d
 
 
-def input_shape_of(model, batch: int = 1) -> tuple:
-    """(batch, C, H, W) the model expects, from timm's pretrained_cfg or ``patch_embed``."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    pe = getattr(model, "patch_embed", None)
-    img = getattr(pe, "img_size", None)
-    chans = getattr(getattr(pe, "proj", None), "in_channels", None)
-    if img is not None and chans is not None:
-        h, w = (img, img) if isinstance(img, int) else tuple(img)
-        return (batch, int(chans), int(h), int(w))
-    if "input_size" in cfg:
-        return (batch, *map(int, cfg["input_size"]))
-    raise VitoptError(f"cannot tell the input size of {type(model).__name__}: pass example_shape=(C, H, W)")
-
-
 def _export_dynamo(model, x, opset, input_name, output_name):
     import torch
     batch = torch.export.Dim(BATCH_DIM, min=1, max=65536)
@@ -186,11 +172,12 @@ def proto_from_torch(model, *, opset: int = 18, dynamo: bool = True, input_name:
     import onnx
     import torch
     from .. import __version__
+    from ..counting import model_input_size
     if not isinstance(opset, int) or not 13 <= opset <= 23:
         raise VitoptError(f"opset must be an integer in 13..23, got {opset!r}")
     if example_batch < 2:
         raise VitoptError("example_batch must be at least 2 (batch 1 would be specialised as a constant)")
-    shape = (example_batch, *map(int, example_shape)) if example_shape else input_shape_of(model, example_batch)
+    shape = (example_batch, *map(int, example_shape or model_input_size(model, default=None)))
     model = model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     # a fixed seed: the example values never reach the graph, but nothing in an export may vary by run
