@@ -51,7 +51,7 @@ def _save(work: Path, state: dict) -> None:
 
 
 def _images(args, model):
-    from optimizer.quant.images import folder_images
+    from optimizer.data.arrays import folder_images
     return folder_images(args.train, [args.calib_images, args.held_images], (3, 224, 224), model=model)
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ..errors import VitoptError
-from .common import parse_batches, positive_int
+from .common import parse_batches, positive_int, timing_images
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt", "triton")
 _ALIASES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "torch": "torch", "pytorch": "torch",
@@ -233,38 +233,6 @@ def _trt_runner(kind, target, onnx_path, fp16, tmp: Path, batches):
     return TrtRunner(engine_path)
 
 
-def _timing_images(folder: str, count: int, loaded, runner):
-    """(count, C, H, W) float32 images from ``folder``: the model's own eval transform for a model,
-    else timm's default eval transform (ImageNet mean/std, bicubic, crop 0.875) at the runner's input
-    size, since an ONNX file or engine does not record its preprocessing."""
-    import numpy as np
-    import torch
-    from ..data.folder import ImageFolderData, collate, eval_transform
-    if loaded is not None:
-        tf = eval_transform(loaded.model)
-        note = "the model's eval transform"
-    else:
-        from timm.data import create_transform
-        from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-        runner.activate()
-        shape = runner.sample_shape
-        if not shape or len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
-            raise VitoptError(f"--images: cannot tell the input size of {runner.name} (input shape {shape}); "
-                              "it needs fixed channel/height/width dimensions")
-        tf = create_transform(input_size=tuple(shape), crop_pct=0.875, interpolation="bicubic",
-                              mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-        note = f"ImageNet mean/std at {shape[1]}x{shape[2]}"
-    ds = ImageFolderData(folder, tf, labeled=False)
-    step = max(1, len(ds.samples) // count)
-    ds = ds.with_samples(ds.samples[::step][:count])
-    batch = collate([ds[i] for i in range(len(ds))])
-    if batch.images.numel() == 0:
-        raise VitoptError(f"--images: no readable image in {folder}")
-    print(f"inputs: {batch.images.shape[0]} images from {folder} ({note}; rows cycled to fill a batch)",
-          file=sys.stderr)
-    return np.ascontiguousarray(batch.images.to(torch.float32).numpy())
-
-
 def run(args) -> int:
     from ..bench import benchmark, interleaved_latency, interleaved_to_markdown, rows_to_dict, to_markdown
     from ..fileio import temp_dir, write_json, write_text
@@ -292,7 +260,7 @@ def run(args) -> int:
                         raise VitoptError("--images with a Triton repository: give the ONNX file or model instead "
                                           "(the repository's preprocessing is applied by `vitopt serve-check`)")
                     with OrtRunner(onnx_path) as probe:
-                        inputs = _timing_images(args.images, max(batches), loaded, probe)
+                        inputs = timing_images(args.images, max(batches), loaded, probe)
                     inputs_note = f"{inputs.shape[0]} images from {args.images}"
                 rows += _served_rows(args, kind, onnx_path, batches, warmup, iters, min_time, threads, tmp, inputs)
                 continue
@@ -321,7 +289,7 @@ def run(args) -> int:
             else:
                 runner = _trt_runner(kind, args.target, onnx_path, args.fp16, tmp, batches)
             if args.images is not None and inputs is None:
-                inputs = _timing_images(args.images, max(batches), loaded, runner)
+                inputs = timing_images(args.images, max(batches), loaded, runner)
                 inputs_note = f"{inputs.shape[0]} images from {args.images}"
             print(f"{backend}: batch {','.join(map(str, batches))}, warmup {warmup}, "
                   f">= {iters} iterations and >= {min_time:g} s per batch size", file=sys.stderr)

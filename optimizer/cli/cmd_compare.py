@@ -17,7 +17,7 @@ from pathlib import Path
 from ..fileio import temp_dir
 from ..errors import VitoptError
 from ..bench.environment import environment
-from .common import add_json_arg, load_model_from_args, positive_int, write_json_result
+from .common import add_json_arg, load_model_from_args, positive_int, timing_images, write_json_result
 
 BACKENDS = ("onnxruntime", "tensorrt")
 _ALIASES = {"ort": "onnxruntime", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "trt": "tensorrt"}
@@ -126,8 +126,7 @@ def _runner(backend: str, kind: str, artifact: Path, batch: int, tmp: Path):
 
 def _images(data_dir: str, count: int, loaded, runner):
     """Real images for every backend, and a one-line error when they do not fit the artifact's input."""
-    from .cmd_bench import _timing_images
-    x = _timing_images(data_dir, count, loaded, runner)
+    x = timing_images(data_dir, count, loaded, runner)
     runner.activate()
     want = runner.sample_shape
     if want is not None and tuple(x.shape[1:]) != tuple(want):

@@ -45,7 +45,8 @@ def run(args) -> int:
     from ..export import save_onnx
     from ..fileio import require_dir, require_file
     from ..quant import QuantConfig, quantize_onnx
-    from ..quant.images import folder_images, onnx_input_shape
+    from ..data.arrays import folder_images
+    from ..quant.images import onnx_input_shape
     from ..quant.placement import check_quantizable
     require_file(args.onnx, "ONNX file")
     if os.path.isdir(args.output):

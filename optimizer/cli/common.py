@@ -69,3 +69,23 @@ def load_model_from_args(args):
     loaded = load_model(args.model, args.checkpoint)
     print(f"model: {loaded.describe()}", file=sys.stderr)
     return loaded
+
+
+def timing_images(folder: str, count: int, loaded, runner):
+    """(count, C, H, W) float32 images from ``folder`` for ``runner`` (``optimizer.data.arrays.spread_images``):
+    the model's own eval transform for a model, else timm's default at the runner's input size, since an
+    ONNX file or engine does not record its preprocessing."""
+    from ..data.arrays import spread_images
+    shape = None
+    if loaded is not None:
+        note = "the model's eval transform"
+    else:
+        runner.activate()
+        shape = runner.sample_shape
+        if not shape or len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise VitoptError(f"--images: cannot tell the input size of {runner.name} (input shape {shape}); "
+                              "it needs fixed channel/height/width dimensions")
+        note = f"ImageNet mean/std at {shape[1]}x{shape[2]}"
+    x = spread_images(folder, count, shape, model=loaded.model if loaded is not None else None)
+    print(f"inputs: {x.shape[0]} images from {folder} ({note}; rows cycled to fill a batch)", file=sys.stderr)
+    return x
