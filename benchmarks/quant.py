@@ -101,7 +101,7 @@ def stage_build(args, work, state):
         v["int8_static_max"] = {"file": "int8_static_max.onnx", "base": "dense", "kind": "vitopt",
                                 "config": first.to_dict(), "report": rep.to_dict()}
         print(f"int8_static_max: {rep}", flush=True)
-    v["fp32"] = {"file": "fp32.onnx", "base": "dense", "kind": "fp32"}
+    v.setdefault("fp32", {"file": "fp32.onnx", "base": "dense", "kind": "fp32"})   # keeps an earlier eval
     for cal in ("max", "percentile", "entropy", "mse"):
         _quantize(fp32, calib, held, QuantConfig(calibrator=cal, calib_images=n, reduce_range=True),
                   work / f"int8_static_{cal}.onnx", state, f"int8_static_{cal}", "dense")
@@ -219,8 +219,10 @@ def stage_engine(args, work, state):
         t0 = time.perf_counter()
         try:
             built = engine_from_onnx(path, (1, 8, 32), builder="tensorrt_rtx")
+            mem = built.info.get("memory") or {}
             eng[name] = {"ok": True, "engine_size_bytes": built.info["engine_size_bytes"],
-                         "precision": built.info.get("precision"), "seconds": round(time.perf_counter() - t0, 1)}
+                         "weights_bytes": mem.get("weights_bytes"), "activation_bytes": mem.get("activation_bytes"),
+                         "seconds": round(time.perf_counter() - t0, 1)}
         except VitoptError as e:
             eng[name] = {"ok": False, "error": str(e).replace(str(work) + "/", "")}
         print(name, eng[name], flush=True)
@@ -283,8 +285,11 @@ def stage_report(args, work, state, out_dir: Path):
     lines += ["", "## TensorRT for RTX (tensorrt_rtx builder, profile 1/8/32, built on this CPU)", "",
               "| graph | result |", "|---|---|"]
     for name, e in (state.get("engines") or {}).items():
-        lines.append(f"| {name} | " + (f"built, {e['engine_size_bytes'] / 1e6:.2f} MB" if e["ok"]
-                                        else f"refused: `{e['error']}`") + " |")
+        mb = {k: (f"{e[k] / 1e6:.1f} MB" if e.get(k) is not None else "not reported")
+              for k in ("weights_bytes", "activation_bytes")}
+        lines.append(f"| {name} | " + (f"built, engine {e['engine_size_bytes'] / 1e6:.2f} MB; builder memory: weights "
+                                        f"{mb['weights_bytes']}, activations {mb['activation_bytes']} at batch 32"
+                                        if e["ok"] else f"refused: `{e['error']}`") + " |")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in args.notes]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_result(out_dir / "quant", res, lines, prov=prov)
