@@ -246,3 +246,38 @@ def sharded_loader(dataset, batch_size: int, *, seed: int = 0, epoch: int = 0, s
     loader.groups = groups
     loader.sharded = True      # evaluation sums its counts over the ranks only for such a loader
     return loader
+
+
+def rank_device(device: str) -> str:
+    """The device this rank computes on: ``cuda`` is the rank's own GPU (``cuda:LOCAL_RANK``) in a
+    group that torchrun started, otherwise ``device`` unchanged."""
+    if str(device) == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{local_rank()}"
+    return str(device)
+
+
+class process_group:
+    """Context manager for a command under ``torchrun``: joins the group torchrun describes (NCCL on
+    CUDA, gloo on CPU) and leaves it at the end; alone (no WORLD_SIZE > 1) it does nothing.
+
+    Example: ``with process_group("cuda") as group: ...; group.main`` (True on rank 0 / alone)
+    """
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.joined = False
+
+    @property
+    def main(self) -> bool:
+        return is_main()
+
+    def __enter__(self):
+        self.joined = init_from_env(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self.joined:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        return False

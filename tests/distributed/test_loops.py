@@ -58,6 +58,13 @@ def all_loops(folder: str, work_root: str) -> dict:
                                             recovery=none, lr_gates=0.05, checkpoint_every=2),
                        folder, f"{work_root}/gates", teacher_seed=1),
     }
+    from optimizer.distill import DistillConfig, recover
+    model, ctx = _ctx(folder, teacher_seed=1)
+    # logit distillation (per-image losses) with augmentation; global batch 4 of 15 files
+    rep = recover(model, ctx.teacher, ctx, DistillConfig(steps=5, batch_size=4, beta=0.0, augment=True, lr=1e-3,
+                                                         eval_at_start=False, ema_decay=0.0))
+    out["recover"] = {"structure": None, "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                      "report": rep}
     model, ctx = _ctx(folder)
     other = tiny_vit(**{**KW, "seed": 1})
     r = evaluate(model, sharded_loader(ctx.calib_dataset(model, labeled=True), 4, shuffle=False),
@@ -82,7 +89,7 @@ def _same_state(a: dict, b: dict, atol=1e-5):
         assert torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
 
 
-@pytest.mark.parametrize("loop", ["slim", "taylor", "lowrank", "gates"])
+@pytest.mark.parametrize("loop", ["slim", "taylor", "lowrank", "gates", "recover"])
 def test_two_processes_give_one_process_result(runs, loop):
     alone, two = runs
     one = alone["result"][loop]
