@@ -36,7 +36,10 @@ def init_from_env(device: str = "cpu") -> bool:
         cuda = str(device).startswith("cuda")
         if cuda:
             torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # rank 0 alone evaluates, exports and benchmarks between a recipe's compression steps while
+        # the others wait in the next collective: allow that much longer than the default timeout
+        import datetime
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
     return True
 
 
