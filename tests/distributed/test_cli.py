@@ -11,22 +11,13 @@ import pytest
 import torch
 
 from tests.distributed.harness import free_port, make_folder
+from tests.sweep.conftest import TINY_RECIPE
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE = """
-model: vit_tiny_patch16_224
-model_kwargs: {{depth: 2, embed_dim: 64, num_heads: 4, img_size: 32, patch_size: 8, num_classes: 5}}
-calib: {images}
-data: {images}
-workers: 0
-device: cpu
-steps:
-  - slim: {{macs: 0.8, steps: 3, batch_size: 4, recovery: none, checkpoint_every: 1}}
-  - lowrank: {{params: 0.8, calib_images: 12, batch_size: 4, heldout_every: 3, probe_images: 4}}
-  - eval: {{batch_size: 4}}
-"""
+# the sweep tests' tiny recipe up to its eval step (export and bench are rank 0's alone anyway)
+RECIPE = TINY_RECIPE.split("  - export")[0]
 
 
 def _sweep(recipe: Path, out: Path, world: int) -> subprocess.CompletedProcess:
@@ -41,7 +32,7 @@ def _sweep(recipe: Path, out: Path, world: int) -> subprocess.CompletedProcess:
 def test_sweep_under_torchrun_equals_one_process(tmp_path):
     images = make_folder(tmp_path / "imgs", images=12)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(RECIPE.format(images=images))
+    recipe.write_text(RECIPE.format(images=images, search_steps=3))
     one, two = _sweep(recipe, tmp_path / "one", 1), _sweep(recipe, tmp_path / "two", 2)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
