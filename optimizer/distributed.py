@@ -67,11 +67,18 @@ def is_main() -> bool:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all processes in place (accumulated statistics: XᵀX, counts); returns it.
 
-    Identity when run alone. gloo reduces float64 on CPU; NCCL tensors must live on the rank's GPU.
+    Identity when run alone. The tensor may live anywhere: it is reduced where the backend wants it
+    (the rank's GPU under NCCL, the CPU under gloo) and the sum copied back.
     """
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        where = _comm_device()
+        if tensor.device == where:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        else:
+            t = tensor.to(where)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            tensor.copy_(t)
     return tensor
 
 
@@ -82,14 +89,12 @@ def shard_indices(n: int) -> list:
     return list(range(rank, n, world))
 
 
-def all_sum(values: list, device="cpu") -> list:
+def all_sum(values: list) -> list:
     """Sum of each number over all processes, as floats (counts every rank must agree on)."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_comm_device(device))
-    return all_reduce_sum(t).tolist()
+    return all_reduce_sum(torch.tensor([float(v) for v in values], dtype=torch.float64)).tolist()
 
 
-
-def _comm_device(device=None) -> torch.device:
+def _comm_device() -> torch.device:
     """Where a communication tensor must live: the rank's GPU under NCCL, else the CPU (gloo)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
@@ -110,7 +115,7 @@ def sum_gradients(params) -> None:
     if world == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    dev = _comm_device(grads[0].device)
+    dev = _comm_device()
     flat = torch.cat([g.detach().reshape(-1).to(dev, torch.float32) for g in grads])
     all_reduce_sum(flat)
     offset = 0

@@ -159,8 +159,8 @@ def evaluate(model, loader, reference=None, device: str = "cpu", desc: str = "ev
     if ref_fn is not None:
         ref_fn.save()
     if sharded:
-        n, c1, c5, agree, rc1, labeled = (int(v) for v in dist.all_sum([n, c1, c5, agree, rc1, labeled], device))
-        kl_sum = dist.all_sum([kl_sum], device)[0]
+        n, c1, c5, agree, rc1, labeled = (int(v) for v in dist.all_sum([n, c1, c5, agree, rc1, labeled]))
+        kl_sum = dist.all_sum([kl_sum])[0]
         failed = [f for part in dist.gather_objects(failed) for f in part]
         paths, correct, agrees = _in_global_order(per_batch, paths, correct, agrees)
     res = EvalResult(images=n, failed=failed,

@@ -229,7 +229,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     say = log if is_main else (lambda s: None)
 
     # data: this rank's share of each epoch, augmented with timm's training transform
-    from ..data.folder import ImageFolderData, collate, eval_transform, train_transform
+    from ..data.folder import ImageFolderData, eval_transform, train_transform
     tf = train_transform(student) if cfg.augment else eval_transform(student)
     ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit,
                          num_classes=getattr(student, "num_classes", None))
@@ -326,7 +326,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                     break
                 failed.extend(batch.failed)
                 n_local = batch.images.shape[0]
-                n_all = _dist.all_sum([n_local], device)[0] if world > 1 else n_local
+                n_all = _dist.all_sum([n_local])[0] if world > 1 else n_local
                 if n_all == 0:
                     continue
                 if n_local == 0:
@@ -359,7 +359,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                     tap_t.outputs.clear()
                 finite = bool(torch.isfinite(total_loss))
                 if world > 1:   # every rank stops together, or none does
-                    finite = _dist.all_sum([0.0 if finite else 1.0], device)[0] == 0
+                    finite = _dist.all_sum([0.0 if finite else 1.0])[0] == 0
                 if not finite:
                     raise VitoptError(f"distillation loss is not finite at step {step} "
                                       "(lower --lr or enable gradient clipping)")

@@ -137,8 +137,7 @@ def train_gates(model: nn.Module, teacher: nn.Module, data, *, batch_size: int, 
                     kd_local = kd_loss(zs.float(), zt.float(), kd_tau) * n_local
                     macs_local = _executed_macs(model, n_local) / dense_macs
                 n_all, failed, kd_sum, macs_sum, n_groups = dist.all_sum(
-                    [n_local, len(batch.failed), float(kd_local.detach()), float(macs_local.detach()), len(sizes)],
-                    device)
+                    [n_local, len(batch.failed), float(kd_local.detach()), float(macs_local.detach()), len(sizes)])
                 unreadable += int(failed)
                 if n_all == 0:     # an all-unreadable batch uses up its step (resume skips to it)
                     step += 1
@@ -229,7 +228,7 @@ def calibrate_gates(model: nn.Module, loaders: dict, device) -> dict:
     Under torchrun give each rank whole batches (``distributed.sharded_loader(..., whole_batches=True)``):
     the decision counts are summed over the ranks, equal to one process's over every batch.
     """
-    from ...distributed import _comm_device, all_reduce_sum
+    from ...distributed import all_reduce_sum
     mods = [m for m in gated_modules(model) if m.dynamic_units]
     per_size = {m: [] for m in mods}
     summary = {}
@@ -245,7 +244,7 @@ def calibrate_gates(model: nn.Module, loaders: dict, device) -> dict:
         counts = torch.cat([torch.stack(m.record).double().sum(0) if m.record else torch.zeros(m.dynamic_units,
                                                                                                  dtype=torch.float64)
                             for m in mods] + [torch.tensor([float(len(m.record)) for m in mods], dtype=torch.float64)])
-        counts = all_reduce_sum(counts.to(_comm_device())).cpu()
+        counts = all_reduce_sum(counts)
         on_total, units_total, offset = 0.0, 0, 0
         decisions = counts[-len(mods):] if mods else counts[:0]
         for m, n in zip(mods, decisions.tolist()):

@@ -43,16 +43,9 @@ class Grams:
         self.fit_tokens, self.held_tokens = (int(v) for v in all_sum([self.fit_tokens, self.held_tokens]))
         for name, tokens in (("fit", self.fit_tokens), ("held", self.held_tokens)):
             g = getattr(self, name)
-            g = torch.zeros(shape, dtype=torch.float64) if g is None else g
-            device = g.device
-            g = all_reduce_sum(g.to(_comm_device())).to(device)
+            g = all_reduce_sum(torch.zeros(shape, dtype=torch.float64) if g is None else g)
             setattr(self, name, g if tokens else None)
         return self
-
-
-def _comm_device():
-    from ...distributed import _comm_device as where
-    return where()
 
 
 def held_mask(start: int, batch: int, every: int) -> torch.Tensor:

@@ -55,7 +55,7 @@ def taylor_importance(model: nn.Module, ctx, batch_size: int = 32, batches: int 
     done = 0
     for batch in progress(loader, desc="taylor importance", unit="batch", total=len(loader)):
         n_local = batch.images.shape[0]
-        n_all = dist.all_sum([n_local], ctx.device)[0]
+        n_all = dist.all_sum([n_local])[0]
         if n_all == 0:
             continue
         for p in masks.values():

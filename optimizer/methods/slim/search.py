@@ -324,7 +324,7 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
             if step >= total:
                 break
             n_local = batch.images.shape[0]
-            n_all, failed = dist.all_sum([n_local, len(batch.failed)], device)
+            n_all, failed = dist.all_sum([n_local, len(batch.failed)])
             unreadable += int(failed)
             if n_all == 0:
                 # an all-unreadable batch still uses up its slot: step is also the loader position that
@@ -345,7 +345,7 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
                 mp.scaler.scale(task_local).backward()
             dist.sum_gradients(params)
             mp.scaler.unscale_(opt)
-            task = dist.all_sum([float(task_local.detach())], device)[0]
+            task = dist.all_sum([float(task_local.detach())])[0]
             grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in masks.items()}
             if all(bool(torch.isfinite(g).all()) for g in grads.values()):
                 meter.update(grads)
