@@ -64,7 +64,7 @@ def run(args) -> int:
         before = count_macs(loaded.model)
         cm = compress_loaded(loaded, [cfg], args.calib, teacher=teacher, device=rank_device(args.device),
                              workers=workers, seed=seed, work_dir=args.work_dir,
-                             log=lambda s: print(s, file=sys.stderr))
+                             log=lambda s: print(s, file=sys.stderr) if group.main else None)
         if not group.main:
             return 0
     cm.model.to("cpu")
