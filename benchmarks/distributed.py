@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="cores shared by the processes")
     ap.add_argument("--loops", default=",".join(LOOPS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distributed"))
+    ap.add_argument("--rows", help="write the report from the JSON rows an interrupted run printed (one per line) "
+                    "instead of running")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -118,13 +120,18 @@ def main(argv=None) -> int:
         worker(args)
         return 0
     rows = []
-    for loop in args.loops.split(","):
-        for world in (1, 2):
-            rows.append(launch(args, loop, world))
-            print(json.dumps(rows[-1]), file=sys.stderr)
+    if args.rows:
+        rows = [json.loads(ln) for ln in Path(args.rows).read_text().splitlines() if ln.startswith("{")]
+    else:
+        for loop in args.loops.split(","):
+            for world in (1, 2):
+                rows.append(launch(args, loop, world))
+                print(json.dumps(rows[-1]), file=sys.stderr)
     by = {(r["loop"], r["world"]): r for r in rows}
     table = []
     for loop in args.loops.split(","):
+        if (loop, 1) not in by or (loop, 2) not in by:
+            continue      # an interrupted run (--rows) did not reach this loop in both world sizes
         one, two = by[(loop, 1)], by[(loop, 2)]
         table.append({"loop": loop, "images": one["images"], "seconds_1": one["seconds"], "seconds_2": two["seconds"],
                       "ratio_2_over_1": round(two["seconds"] / one["seconds"], 3)})
@@ -137,6 +144,8 @@ def main(argv=None) -> int:
           f"2 processes use {max(1, args.cores // 2)} each, so this measures the cost of the split on one machine; "
           "a second GPU or node is what makes it faster. Seconds are the loop alone (model loading excluded), "
           "one run each, 1 and 2 processes interleaved per loop.", "",
+          f"1-minute load average when the report was written: {os.getloadavg()[0]:.1f} on {args.cores} cores. "
+          "Other jobs shared the machine, so single runs swing by several times: read the ratios as noisy.", "",
           "| loop | images | 1 process (s) | 2 processes (s) | 2 / 1 |", "|---|---:|---:|---:|---:|"]
     for t in table:
         md.append(f"| {t['loop']} | {t['images']} | {t['seconds_1']} | {t['seconds_2']} | {t['ratio_2_over_1']} |")
