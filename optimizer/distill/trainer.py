@@ -18,7 +18,6 @@ resumed run skips the batches already seen and continues bit-for-bit.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -258,9 +257,9 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     groups = param_groups(student, cfg.weight_decay, lr_scale)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    from ..precision import mixed_precision
+    precision = mixed_precision(device, cfg.amp)     # bf16 (else fp16 + loss scaling) on CUDA, fp32 on CPU
+    scaler = precision.scaler
     loss_fn = ManifoldDistillLoss.from_config(cfg)
 
     start, history = 0, []
@@ -311,7 +310,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     images = 0
     failed: list = []
     bar = _progress(total, start) if is_main else None
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
+    autocast = precision.autocast
     index_cache: dict = {}
     t0 = time.perf_counter()
     step = start
