@@ -114,20 +114,27 @@ def evaluate(model, loader, reference=None, device: str = "cpu", desc: str = "ev
 
     ``reference_cache``: a file keeping the reference's logits, so evaluating several models against
     the same reference on the same images runs the reference once.
+    A loader from ``distributed.sharded_loader`` (its ``sharded`` flag) gives each torchrun rank part of
+    every batch: the counts are summed and the per-image record gathered in the global order, so every
+    rank returns what one process returns (the reference cache is then not kept).
     Example: ``evaluate(slim, build_loader("val/", slim, 64), reference=dense).agreement``
     """
+    from . import distributed as dist
+    sharded = bool(getattr(loader, "sharded", False)) and dist.rank_world()[1] > 1
     model.eval().to(device)
     ref_fn = None
     if reference is not None:
         reference.eval().to(device)
-        ref_fn = _ReferenceCache(reference_cache, reference)
+        ref_fn = _ReferenceCache(None if sharded else reference_cache, reference)
     n = c1 = c5 = agree = rc1 = 0
     kl_sum = 0.0
     labeled = 0
     failed: list = []
     paths, correct, agrees = [], [], []
+    per_batch = []        # (paths, correct, agrees) added by each batch: gathered over ranks when sharded
     for batch in progress(loader, desc=desc, unit="batch"):
         failed.extend(batch.failed)
+        per_batch.append((len(paths), len(correct), len(agrees)))
         if batch.images.numel() == 0:
             continue
         x, y = batch.images.to(device), batch.labels.to(device)
@@ -151,6 +158,11 @@ def evaluate(model, loader, reference=None, device: str = "cpu", desc: str = "ev
                                      reduction="sum"))
     if ref_fn is not None:
         ref_fn.save()
+    if sharded:
+        n, c1, c5, agree, rc1, labeled = (int(v) for v in dist.all_sum([n, c1, c5, agree, rc1, labeled]))
+        kl_sum = dist.all_sum([kl_sum])[0]
+        failed = [f for part in dist.gather_objects(failed) for f in part]
+        paths, correct, agrees = _in_global_order(per_batch, paths, correct, agrees)
     res = EvalResult(images=n, failed=failed,
                      per_image={"images_sha256": images_sha256(paths), "correct": "".join(correct),
                                 "agree": "".join(agrees) or None})
@@ -193,3 +205,19 @@ class OnnxModel:
     def __call__(self, x):
         out = self.runner.infer({self.runner.input_name: x.detach().cpu().float().numpy()})
         return torch.from_numpy(out[self.runner.output_names[0]])
+
+
+def _in_global_order(starts: list, paths: list, correct: list, agrees: list) -> tuple:
+    """Per-image records of every rank, batch by batch and rank by rank within a batch: the order one
+    process reads a sharded loader's global batches in (each rank holds a contiguous part of each)."""
+    from .distributed import gather_objects
+    ends = starts[1:] + [(len(paths), len(correct), len(agrees))]
+    mine = [(paths[a[0]:b[0]], correct[a[1]:b[1]], agrees[a[2]:b[2]]) for a, b in zip(starts, ends)]
+    ranks = gather_objects(mine)
+    out = ([], [], [])
+    for k in range(max(len(r) for r in ranks)):
+        for r in ranks:
+            if k < len(r):
+                for acc, part in zip(out, r[k]):
+                    acc.extend(part)
+    return out

@@ -53,15 +53,20 @@ def run(args) -> int:
         raise VitoptError(f"output {out} exists and is not a directory")
     args.device = resolve_device(args.device)
     workers, seed = non_negative_int(args.workers, "--workers"), non_negative_int(args.seed, "--seed")
-    loaded = load_model_from_args(args)
-    teacher = None
-    if args.teacher:
-        from ..models.loading import load_model
-        teacher = load_model(args.teacher, args.teacher_checkpoint).model
-    before = count_macs(loaded.model)
-    cm = compress_loaded(loaded, [cfg], args.calib, teacher=teacher, device=args.device,
-                         workers=workers, seed=seed, work_dir=args.work_dir,
-                         log=lambda s: print(s, file=sys.stderr))
+    from ..distributed import process_group, rank_device
+    # under torchrun every rank runs the method's loops on its share of the images; rank 0 saves
+    with process_group(args.device) as group:
+        loaded = load_model_from_args(args) if group.main else _load_quietly(args)
+        teacher = None
+        if args.teacher:
+            from ..models.loading import load_model
+            teacher = load_model(args.teacher, args.teacher_checkpoint).model
+        before = count_macs(loaded.model)
+        cm = compress_loaded(loaded, [cfg], args.calib, teacher=teacher, device=rank_device(args.device),
+                             workers=workers, seed=seed, work_dir=args.work_dir,
+                             log=lambda s: print(s, file=sys.stderr) if group.main else None)
+        if not group.main:
+            return 0
     cm.model.to("cpu")
     after = count_macs(cm.model)
     save_compressed(out, cm)
@@ -72,3 +77,8 @@ def run(args) -> int:
                                   "before": before.to_dict(), "after": after.to_dict(),
                                   "params_ratio": pr, "macs_ratio": mr, "report": cm.steps[-1]["report"]})
     return 0
+
+
+def _load_quietly(args):
+    from ..models.loading import load_model
+    return load_model(args.model, args.checkpoint)

@@ -68,7 +68,7 @@ def run(args) -> int:
     import torch
     from ..compress.registry import CompressContext
     from ..distill import recover
-    from ..distributed import init_from_env, rank_world
+    from ..distributed import process_group, rank_device, rank_world
     from ..errors import VitoptError
     from ..models.loading import load_model
     cfg = _config(args)
@@ -89,22 +89,17 @@ def run(args) -> int:
     teacher = load_model(args.teacher, args.checkpoint)
     if teacher.is_random:
         raise VitoptError(f"teacher {args.teacher} has random weights: give --checkpoint")
-    distributed = init_from_env(device)
-    rank, world = rank_world()
-    main = rank == 0
-    if main:
-        print(f"student: {student.describe()}\nteacher: {teacher.describe()}", file=sys.stderr)
-    torch.manual_seed(seed)
-    ctx = CompressContext(calib_dir=args.data, teacher=teacher.model, device=device, workers=workers, seed=seed,
-                          work_dir=work_dir, log=lambda s: print(s, file=sys.stderr), synsets=args.synsets)
-    try:
+    with process_group(device) as group:
+        world = rank_world()[1]
+        if group.main:
+            print(f"student: {student.describe()}\nteacher: {teacher.describe()}", file=sys.stderr)
+        torch.manual_seed(seed)
+        ctx = CompressContext(calib_dir=args.data, teacher=teacher.model, device=rank_device(device), workers=workers,
+                              seed=seed, work_dir=work_dir, log=lambda s: print(s, file=sys.stderr),
+                              synsets=args.synsets)
         report = recover(student.model, teacher.model, ctx, cfg, resume=args.resume)
-    finally:
-        if distributed:
-            import torch.distributed as dist
-            dist.destroy_process_group()
-    if not main:
-        return 0
+        if not group.main:
+            return 0
     student.model.to("cpu")
     fl = report["final_losses"]
     print(f"distilled {report['steps']} steps ({report['epochs']} epochs, {world} process(es)) in "

@@ -15,8 +15,14 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..pipeline.recipe import load_recipe
     from ..pipeline.run import run_recipe
+    from ..distributed import process_group
+    from ..resources import resolve_device
     recipe = load_recipe(args.recipe)
-    manifest = run_recipe(recipe, args.output)
+    # under torchrun every rank runs the compression steps, rank 0 the rest (pipeline.run)
+    with process_group(resolve_device(recipe.device, "recipe device")) as group:
+        manifest = run_recipe(recipe, args.output)
+        if not group.main:
+            return 0
     print(f"run: {len(manifest['artifacts'])} artifacts in {args.output} (manifest.json lists their sha256)")
     write_json_result(args.json, manifest)
     return 0

@@ -22,7 +22,13 @@ def run(args) -> int:
         for v in plan_variants(recipe, varies):
             print(f"{v.name}\t{v.label}\t" + " -> ".join(s.kind for s in v.recipe.steps))
         return 0
-    meta = run_sweep(recipe, varies, args.output)
+    from ..distributed import process_group
+    from ..resources import resolve_device
+    # under torchrun every rank runs the variants' compression steps, rank 0 the rest and the files
+    with process_group(resolve_device(recipe.device, "recipe device")) as group:
+        meta = run_sweep(recipe, varies, args.output)
+        if not group.main:
+            return 0
     done = sum(is_finished(args.output, v["name"]) for v in meta["variants"])
     print(f"sweep: {done}/{len(meta['variants'])} variants finished in {args.output} "
           f"(vitopt report {args.output} writes the report)")

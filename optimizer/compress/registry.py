@@ -101,6 +101,22 @@ class CompressContext:
         return build_loader(self.calib_dir, model, batch_size=batch_size, synsets=self.synsets, labeled=labeled,
                             train=train, shuffle=shuffle, workers=self.workers, limit=limit, seed=self.seed)
 
+    def calib_dataset(self, model, train: bool = False, labeled: bool = False, limit: Optional[int] = None):
+        """The calibration folder as a dataset with the model's timm transform (for ``distributed.sharded_loader``:
+        loops that run under torchrun take their part of every global batch from it)."""
+        if not self.calib_dir:
+            raise VitoptError("this method needs calibration images (--calib DIR)")
+        from ..data.folder import ImageFolderData, eval_transform, train_transform
+        tf = train_transform(model) if train else eval_transform(model)
+        return ImageFolderData(self.calib_dir, tf, synsets=self.synsets, labeled=labeled, limit=limit,
+                               num_classes=getattr(model, "num_classes", None))
+
+    def say(self, line: str) -> None:
+        """``log`` on rank 0 only (every rank runs the same loop; one prints its progress)."""
+        from ..distributed import is_main
+        if self.log is not None and is_main():
+            self.log(line)
+
 
 @dataclass
 class Method:

@@ -76,15 +76,19 @@ class Batch:
     labels: torch.Tensor
     paths: list
     failed: list = field(default_factory=list)
+    # dataset index of each image (``EpochSeeded`` items carry it; empty otherwise): sharded loops
+    # find which images of a planned batch or gate group were readable
+    indices: list = field(default_factory=list)
 
 
 def collate(items) -> Batch:
     ok = [it for it in items if it[0] is not None]
     failed = [it[2] for it in items if it[0] is None]
+    indices = [it[3] for it in ok] if ok and len(ok[0]) > 3 else []
     if not ok:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), [], failed)
     return Batch(torch.stack([it[0] for it in ok]), torch.tensor([it[1] for it in ok]),
-                 [it[2] for it in ok], failed)
+                 [it[2] for it in ok], failed, indices)
 
 
 def data_config(model) -> dict:
@@ -123,3 +127,33 @@ def build_loader(root: str | Path, model, batch_size: int = 64, synsets: Optiona
     g.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=collate,
                       generator=g, persistent_workers=False)
+
+
+class EpochSeeded(Dataset):
+    """``dataset`` whose item i of epoch ``epoch`` draws its random augmentation from (seed, epoch, i).
+
+    timm's transforms draw from ``random``, numpy and torch; seeding them per item (and restoring the
+    caller's state afterwards, so a loop's own draws are untouched) makes an image's augmentation the
+    same whichever rank, world size or worker loads it.
+    """
+
+    def __init__(self, dataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        import random
+        import numpy as np
+        s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(i)
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            torch.manual_seed(s)
+            try:
+                return (*self.dataset[i], int(i))
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)

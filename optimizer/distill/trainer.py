@@ -8,14 +8,16 @@ checkpoints in ``ctx.work_dir``, and DistributedDataParallel when a process grou
 (``torchrun --nproc_per_node N``; gloo on CPU). The teacher runs under ``no_grad`` in eval mode
 and is never updated.
 
-Determinism: the data order of epoch e is a permutation drawn from (seed, e), split across ranks;
-the L_rand sample of step s on rank r is drawn from (seed, r, s). Resuming restores weights,
-optimizer, EMA and step, and skips the batches already seen; the random augmentation of the
-remaining batches is re-seeded, so only ``augment=False`` resumes bit-for-bit.
+Determinism: epoch e visits the images in global batches of ``batch_size`` drawn from (seed, e)
+(``distributed.global_batches``); under torchrun each rank takes its part of every global batch and
+weights its loss by its share of the batch's images, so DDP's gradient average is the gradient of
+the whole batch's mean loss: N processes train as one does for the per-image losses (CE, KD; the
+manifold terms relate the images within a rank's part, and the L_rand sample of step s on rank r is
+drawn from (seed, r, s)). An image's augmentation is drawn from (seed, epoch, image index), so a
+resumed run skips the batches already seen and continues bit-for-bit.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -45,14 +47,6 @@ def lr_at(step: int, total: int, base: float, warmup: int, min_ratio: float) -> 
     span = max(total - warmup, 1)
     t = min(max(step - warmup, 0) / span, 1.0)
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def epoch_indices(n: int, seed: int, epoch: int, rank: int, world: int) -> list:
-    """This rank's share of epoch ``epoch``'s permutation; every rank gets the same count."""
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    per = n // world
-    return perm[rank * per:(rank + 1) * per] if world > 1 else perm
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr_scale: Optional[Callable[[str], float]] = None) -> list:
@@ -234,7 +228,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     say = log if is_main else (lambda s: None)
 
     # data: this rank's share of each epoch, augmented with timm's training transform
-    from ..data.folder import ImageFolderData, collate, eval_transform, train_transform
+    from ..data.folder import ImageFolderData, eval_transform, train_transform
     tf = train_transform(student) if cfg.augment else eval_transform(student)
     ds = ImageFolderData(ctx.calib_dir, tf, synsets=ctx.synsets, labeled=cfg.needs_labels, limit=cfg.limit,
                          num_classes=getattr(student, "num_classes", None))
@@ -249,11 +243,11 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
         classes = getattr(student, "num_classes", None)
         if classes is not None and top >= classes:
             raise VitoptError(f"label {top} in {ctx.calib_dir} is outside the model's {classes} classes")
-    per_rank = len(ds) // world
-    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
+    # batch_size is the global batch, whatever the number of processes
+    steps_per_epoch = math.ceil(len(ds) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * steps_per_epoch))
     warmup = int(cfg.warmup_frac * total)
-    base_lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size * world / 512
+    base_lr = cfg.lr if cfg.lr is not None else 5e-4 * cfg.batch_size / 512
 
     student.to(device).train()
     if not any(p.requires_grad for p in student.parameters()):
@@ -263,9 +257,9 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     groups = param_groups(student, cfg.weight_decay, lr_scale)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    from ..precision import mixed_precision
+    precision = mixed_precision(device, cfg.amp)     # bf16 (else fp16 + loss scaling) on CUDA, fp32 on CPU
+    scaler = precision.scaler
     loss_fn = ManifoldDistillLoss.from_config(cfg)
 
     start, history = 0, []
@@ -316,31 +310,35 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     images = 0
     failed: list = []
     bar = _progress(total, start) if is_main else None
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if use_amp else contextlib.nullcontext
+    autocast = precision.autocast
     index_cache: dict = {}
     t0 = time.perf_counter()
     step = start
     try:
         epoch, offset = divmod(start, steps_per_epoch)
         while step < total:
-            idx = epoch_indices(len(ds), seed, epoch, rank, world)[offset * cfg.batch_size:]
             _seed_everything(seed * 7919 + epoch * 131 + offset + rank * 1_000_003)
-            g = torch.Generator().manual_seed(seed * 7919 + epoch * 131 + offset + rank * 1_000_003)
-            loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=idx,
-                                                 num_workers=ctx.workers, collate_fn=collate, generator=g)
+            loader = _dist.sharded_loader(ds, cfg.batch_size, seed=seed, epoch=epoch, workers=ctx.workers,
+                                          start=offset)
             for batch in loader:
                 if step >= total:
                     break
                 failed.extend(batch.failed)
-                if batch.images.numel() == 0:
-                    if world > 1:
-                        raise VitoptError(f"every image of a batch was unreadable ({batch.failed[:3]})")
+                n_local = batch.images.shape[0]
+                n_all = _dist.all_sum([n_local])[0] if world > 1 else n_local
+                if n_all == 0:
                     continue
+                if n_local == 0:
+                    # DDP needs every rank's backward: a rank whose part was unreadable (or empty: a last
+                    # batch smaller than the group) runs one blank image at weight 0
+                    batch = _blank_batch(ds)
                 lr = lr_at(step, total, base_lr, warmup, cfg.min_lr_ratio)
                 for grp in opt.param_groups:
                     grp["lr"] = lr * grp.get("lr_scale", 1.0)
                 x = batch.images.to(device, non_blocking=True)
                 y = batch.labels.to(device) if cfg.needs_labels else None
+                # this rank's share of the global batch: DDP averages over ranks, so weight by world
+                share = n_local * world / n_all
                 with autocast():
                     z_t = None
                     if use_teacher:
@@ -358,11 +356,14 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                 tap_s.outputs.clear()
                 if tap_t is not None:
                     tap_t.outputs.clear()
-                if not torch.isfinite(total_loss):
-                    raise VitoptError(f"distillation loss is {float(total_loss)} at step {step} "
+                finite = bool(torch.isfinite(total_loss))
+                if world > 1:   # every rank stops together, or none does
+                    finite = _dist.all_sum([0.0 if finite else 1.0])[0] == 0
+                if not finite:
+                    raise VitoptError(f"distillation loss is not finite at step {step} "
                                       "(lower --lr or enable gradient clipping)")
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(total_loss).backward()
+                scaler.scale(total_loss * share).backward()
                 grad_norm = None
                 if cfg.clip_grad is not None:
                     scaler.unscale_(opt)
@@ -372,7 +373,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                 if ema is not None:
                     ema.update(student)
                 step += 1
-                images += x.shape[0]
+                images += n_local
                 d = terms.to_dict()
                 if extras:
                     d.update({k: float(v.detach()) for k, v in extras.items()})
@@ -429,6 +430,16 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
         "holdout": guard.report() if guard is not None else None,
     }
     return report
+
+
+def _blank_batch(ds):
+    """One black image shaped like the dataset's (the stand-in of a rank without images in a step)."""
+    for i in range(len(ds)):
+        item = ds[i]
+        if item[0] is not None:
+            from ..data.folder import Batch
+            return Batch(torch.zeros_like(item[0])[None], torch.tensor([max(item[1], 0)]), ["<blank>"])
+    raise VitoptError("no training image could be read")
 
 
 def _mean(rows: list) -> dict:

@@ -19,7 +19,9 @@ from .recipe import Recipe
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from ..distributed import is_main
+    if is_main():   # under torchrun every rank runs the compression steps; rank 0 reports
+        print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -45,12 +47,14 @@ def _step_compress(st: RunState, method: str, cfg) -> dict:
     from ..counting import count_macs
     before = count_macs(st.model)
     base = st.loaded if st.compressed is None else _as_loaded(st)
-    st.compressed = compress_loaded(base, [cfg], st.recipe.calib, teacher=st.dense, device=_device(st),
+    from ..distributed import is_main, rank_device
+    st.compressed = compress_loaded(base, [cfg], st.recipe.calib, teacher=st.dense, device=rank_device(_device(st)),
                                     workers=st.recipe.workers, seed=st.recipe.seed, log=_log,
                                     synsets=st.recipe.synsets, work_dir=_method_work_dir(st, cfg))
     st.compressed.model.to("cpu").eval()
     after = count_macs(st.compressed.model)
-    save_compressed(st.out / "compressed", st.compressed)
+    if is_main():
+        save_compressed(st.out / "compressed", st.compressed)
     _log(f"{method}: params {before.mparams:.2f} M -> {after.mparams:.2f} M, MACs {before.gmacs:.3f} G -> {after.gmacs:.3f} G")
     return {"config": cfg.to_dict(), "before": before.to_dict(), "after": after.to_dict(),
             "report": st.compressed.steps[-1]["report"]}
@@ -241,6 +245,9 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, work_dir: str | os.PathLi
     # before any work: an output that would lose the user's files, a device this machine lacks
     check_output(out, "run", inputs=[recipe.checkpoint, recipe.data, recipe.calib, recipe.synsets, recipe.source])
     resolve_device(recipe.device, "recipe device")
+    from ..distributed import is_main
+    if not is_main():
+        return _follow_recipe(recipe, configs, work_dir)
     with atomic_dir(out, kind="run") as tmp:
         st = RunState(recipe, tmp, work_dir=Path(work_dir) if work_dir is not None else None)
         st.loaded = load_model(recipe.model, recipe.checkpoint, **recipe.model_kwargs)
@@ -267,3 +274,18 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, work_dir: str | os.PathLi
                                 "environment": environment(), "steps": st.steps, "artifacts": artifacts})
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _follow_recipe(recipe: Recipe, configs: dict, work_dir) -> dict:
+    """A torchrun rank other than 0: the recipe's compression steps alone, in step with rank 0 (their
+    loops share the images and sum gradients and statistics over the ranks); rank 0 alone evaluates,
+    exports, builds, benchmarks and writes. Returns an empty manifest."""
+    import copy
+    from ..models.loading import load_model
+    st = RunState(recipe, Path("."), work_dir=Path(work_dir) if work_dir is not None else None)
+    st.loaded = load_model(recipe.model, recipe.checkpoint, **recipe.model_kwargs)
+    st.dense = copy.deepcopy(st.loaded.model).eval()
+    for i, step in enumerate(recipe.steps, 1):
+        if step.kind not in _STEPS:
+            st.steps.append({"step": step.kind, "result": _step_compress(st, step.kind, configs[i - 1])})
+    return {}

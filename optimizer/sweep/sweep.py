@@ -227,9 +227,43 @@ def run_sweep(recipe: Recipe, varies: Sequence[Vary], out, only: Optional[Sequen
     Example: ``run_sweep(load_recipe("r.yaml"), [parse_vary("slim.macs=0.5,0.75")], "build/sweep")``
     """
     from ..pipeline.run import run_recipe
+    from .. import distributed as dist
     from ..progress import progress
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     variants = plan_variants(recipe, varies)
+    meta, todo_names = None, None
+    # under torchrun rank 0 owns the sweep directory; every rank runs the variants' compression steps
+    with dist.agree_on_errors():
+        if dist.is_main():
+            meta, todo_names = _prepare(recipe, varies, variants, out, log)
+    meta, todo_names = dist.broadcast_object((meta, todo_names))
+    out = Path(out)
+    todo = [v for v in variants if v.name in todo_names]
+    overall = progress(None, total=len(variants), initial=len(variants) - len(todo), desc="sweep", unit="variant")
+    try:
+        for v in todo:
+            if dist.is_main():
+                _clean_stale(out, v.name)
+                log(f"sweep: variant {v.name} ({v.label})")
+            bar = progress(None, total=len(v.recipe.steps), desc=v.name, unit="step")
+
+            def on_step(i, n, kind, bar=bar):
+                bar.set_postfix_str(kind)
+                if i > 1:
+                    bar.update(1)
+            try:
+                run_recipe(v.recipe, variant_dir(out, v.name), work_dir=out / SHARED, on_step=on_step)
+                bar.update(1)
+            finally:
+                bar.close()
+            overall.update(1)
+    finally:
+        overall.close()
+    return meta
+
+
+def _prepare(recipe, varies, variants, out, log) -> tuple:
+    """Check or start sweep.json in ``out`` and record the variants; returns (meta, names still to run)."""
     rhash = recipe_hash(recipe)
     meta = _check_out(out, rhash, recipe)
     out = Path(out)
@@ -248,26 +282,7 @@ def run_sweep(recipe: Recipe, varies: Sequence[Vary], out, only: Optional[Sequen
     write_json(out / SWEEP_JSON, meta)
     todo = [v for v in variants if not is_finished(out, v.name)]
     log(f"sweep: {len(variants)} variants, {len(variants) - len(todo)} already finished, {len(todo)} to run")
-    overall = progress(None, total=len(variants), initial=len(variants) - len(todo), desc="sweep", unit="variant")
-    try:
-        for v in todo:
-            _clean_stale(out, v.name)
-            log(f"sweep: variant {v.name} ({v.label})")
-            bar = progress(None, total=len(v.recipe.steps), desc=v.name, unit="step")
-
-            def on_step(i, n, kind, bar=bar):
-                bar.set_postfix_str(kind)
-                if i > 1:
-                    bar.update(1)
-            try:
-                run_recipe(v.recipe, variant_dir(out, v.name), work_dir=out / SHARED, on_step=on_step)
-                bar.update(1)
-            finally:
-                bar.close()
-            overall.update(1)
-    finally:
-        overall.close()
-    return meta
+    return meta, [v.name for v in todo]
 
 
 def read_sweep(out) -> dict:

@@ -52,5 +52,5 @@ def test_two_gloo_processes_keep_identical_replicas(image_folder, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(r0["params"], r0["initial"]))   # it did train
     rep = json.loads((tmp_path / "rank0.json").read_text())
     assert rep["world_size"] == 2 and rep["steps"] == 3
-    # 6 readable images, 3 per rank in batches of 2 -> 2 steps per epoch, 3 steps = 6 images per rank
-    assert rep["steps_per_epoch"] == 2
+    # 7 files (one unreadable) in global batches of 2, each rank taking its half -> 4 steps per epoch
+    assert rep["steps_per_epoch"] == 4

@@ -80,6 +80,8 @@ class GatesConfig(MethodConfig):
     calib_groups: tuple[int, ...] = (1, 32)
     calib_images: Optional[int] = None
     augment: bool = True
+    amp: bool = False               # mixed precision of gate training on CUDA (bf16, else fp16); float32 on CPU
+    checkpoint_every: int = 20      # steps between gate-training checkpoints (with a work directory)
 
     def __post_init__(self):
         if self.macs_ratio is None:
@@ -125,3 +127,7 @@ class GatesConfig(MethodConfig):
             raise ValueError(f"calib_groups must be positive integers, got {self.calib_groups!r}")
         if self.calib_images is not None and (not isinstance(self.calib_images, int) or self.calib_images < 1):
             raise ValueError(f"calib_images must be a positive integer, got {self.calib_images!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"amp must be true or false, got {self.amp!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer, got {self.checkpoint_every!r}")

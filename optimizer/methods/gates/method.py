@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+import math
+from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -37,24 +40,36 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
     gate_model(model, group_size=cfg.group_size, gate_hidden=cfg.gate_hidden, threshold=cfg.threshold,
                init_logit=cfg.init_logit, gate_heads=cfg.gate_heads, gate_mlp_channels=cfg.gate_mlp)
     model.to(device)
-    train_loader = ctx.calib_loader(model, cfg.batch_size, train=cfg.augment, shuffle=True, limit=cfg.calib_images)
+    from ... import distributed as dist
+    with dist.agree_on_errors():
+        train_data = ctx.calib_dataset(model, train=cfg.augment, limit=cfg.calib_images)
+        calib_data = ctx.calib_dataset(model, limit=cfg.calib_images)
+    # every rank loads the same first batch: the importance init and the MACs split are the same everywhere
+    first = next(iter(ctx.calib_loader(model, cfg.batch_size, shuffle=True, limit=cfg.calib_images)))
+    if first.images.numel() == 0:
+        raise VitoptError(f"the first calibration batch of {ctx.calib_dir} has no readable image")
     if cfg.importance_init > 0:
-        first = next(iter(ctx.calib_loader(model, cfg.batch_size, shuffle=True, limit=cfg.calib_images)))
         init_gates_from_importance(model, first.images.to(device), cfg.init_logit, cfg.importance_init)
-    steps = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * len(train_loader)))
-    log(f"gates: training gates for {steps} steps (batch {cfg.batch_size}, target MACs {cfg.macs_ratio}, "
-        f"sub-group augmentation {'on' if cfg.subgroup_aug else 'off'})")
-    train_report = train_gates(model, teacher, train_loader, target=cfg.macs_ratio, gamma=cfg.gamma, steps=steps,
+    steps = cfg.steps if cfg.steps is not None else max(1, round(cfg.epochs * math.ceil(len(train_data) /
+                                                                                         cfg.batch_size)))
+    ctx.say(f"gates: training gates for {steps} steps (batch {cfg.batch_size}, target MACs {cfg.macs_ratio}, "
+            f"sub-group augmentation {'on' if cfg.subgroup_aug else 'off'})")
+    train_report = train_gates(model, teacher, train_data, batch_size=cfg.batch_size, seed=ctx.seed,
+                               target=cfg.macs_ratio, gamma=cfg.gamma, steps=steps,
                                lr_gates=cfg.lr_gates, lr_backbone=cfg.lr_backbone, kd_tau=cfg.kd_tau,
                                subgroup_aug=cfg.subgroup_aug, subgroup_mode=cfg.subgroup_mode, estimator=cfg.estimator,
                                gumbel_tau=cfg.gumbel_tau, dense_macs=dense.macs, device=device,
-                               target_warmup=cfg.target_warmup, log=log)
+                               example=first.images[:1], target_warmup=cfg.target_warmup, workers=ctx.workers,
+                               amp=cfg.amp, checkpoint=_checkpoint(model, cfg, ctx),
+                               checkpoint_every=cfg.checkpoint_every, log=log)
 
-    loaders = {g: ctx.calib_loader(model, g, shuffle=True, limit=cfg.calib_images) for g in cfg.calib_groups}
+    # a batch is one gate group at calibration: each rank takes whole batches, the counts are summed
+    loaders = {g: dist.sharded_loader(calib_data, g, seed=ctx.seed, workers=ctx.workers, whole_batches=True)
+               for g in cfg.calib_groups}
     active = calibrate_gates(model, loaders, device)
     gated_params = count_params(model)
     pruned = static_prune(model, cfg.never_on, cfg.always_on)
-    log(f"gates: calibration active fraction {active}; static pruning {pruned}")
+    ctx.say(f"gates: calibration active fraction {active}; static pruning {pruned}")
 
     finetune = None
     if cfg.recovery.enabled:
@@ -63,7 +78,7 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
         # measure them again on the tuned model and drop what it never/always switches on now
         finetune["calib_active_fraction"] = calibrate_gates(model, loaders, device)
         finetune["static"] = static_prune(model, cfg.never_on, cfg.always_on)
-        log(f"gates: after fine-tune active fraction {finetune['calib_active_fraction']}; "
+        ctx.say(f"gates: after fine-tune active fraction {finetune['calib_active_fraction']}; "
             f"static pruning {finetune['static']}")
 
     deployed_params = count_params(model)
@@ -82,6 +97,26 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
     }
     model.eval()
     return StepResult(model, structure_of(model), report)
+
+
+def _checkpoint(model, cfg: GatesConfig, ctx: CompressContext) -> Optional[Path]:
+    """Gate training's checkpoint in ``ctx.work_dir/gates`` (None without a work directory).
+
+    Its own folder: the fine-tune's ``recover`` claims the work directory itself for its state. Rank 0
+    checks the folder belongs to this run (model, config, data); every rank follows its answer.
+    """
+    if not ctx.work_dir:
+        return None
+    from ... import distributed as dist
+    from ...workdir import check_or_init, fingerprint
+    folder = Path(ctx.work_dir) / "gates"
+    path = folder / "gates_train.pt"
+    with dist.agree_on_errors():
+        if dist.is_main():
+            check_or_init(folder, fingerprint(model, config={**cfg.to_dict(), "seed": ctx.seed},
+                                              data=ctx.calib_dir), progress=path, log=ctx.say)
+    dist.barrier()
+    return path
 
 
 def _finetune(model, teacher, ctx, cfg: GatesConfig, dense_macs: float) -> dict:

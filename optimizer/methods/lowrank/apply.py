@@ -346,20 +346,23 @@ def _mean(xs):
 
 
 def calibration_batches(ctx, model, cfg: LowRankConfig):
-    """Evenly spaced calibration images from ``ctx.calib_dir`` with the model's eval transform."""
-    from torch.utils.data import DataLoader, Subset
-    from ...data.folder import ImageFolderData, collate, eval_transform
+    """Evenly spaced calibration images from ``ctx.calib_dir`` with the model's eval transform, as
+    ``(global index of the first image, images)``; under torchrun each process reads every world-th batch."""
+    from torch.utils.data import Subset
+    from ... import distributed as dist
     if not ctx.calib_dir:
         raise VitoptError("lowrank needs calibration images (--calib DIR)")
-    ds = ImageFolderData(ctx.calib_dir, eval_transform(model), synsets=ctx.synsets, labeled=False)
+    with dist.agree_on_errors():
+        ds = ctx.calib_dataset(model)
     n = min(cfg.calib_images, len(ds))
     idx = [int(i * len(ds) / n) for i in range(n)]
-    loader = DataLoader(Subset(ds, idx), batch_size=cfg.batch_size, shuffle=False, num_workers=ctx.workers,
-                        collate_fn=collate)
+    loader = dist.sharded_loader(Subset(ds, idx), cfg.batch_size, shuffle=False, workers=ctx.workers,
+                                 whole_batches=True)
+    rank, world = dist.rank_world()
     device = torch.device(ctx.device)
-    for batch in loader:
+    for k, batch in enumerate(loader):
         if batch.images.numel():
-            yield batch.images.to(device)
+            yield (rank + k * world) * cfg.batch_size, batch.images.to(device)
 
 
 def apply(model, cfg: LowRankConfig, ctx) -> StepResult:

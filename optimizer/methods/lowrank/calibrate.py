@@ -34,6 +34,19 @@ class Grams:
             self.fit = g if self.fit is None else self.fit + g
             self.fit_tokens += a.shape[0]
 
+    def all_reduce(self, shape: tuple) -> "Grams":
+        """Sum over the processes of a torchrun group (identity alone); ``shape`` stands in for a sum
+        a rank did not get (no held-out image among its batches)."""
+        from ...distributed import all_reduce_sum, all_sum, rank_world
+        if rank_world()[1] == 1:
+            return self
+        self.fit_tokens, self.held_tokens = (int(v) for v in all_sum([self.fit_tokens, self.held_tokens]))
+        for name, tokens in (("fit", self.fit_tokens), ("held", self.held_tokens)):
+            g = getattr(self, name)
+            g = all_reduce_sum(torch.zeros(shape, dtype=torch.float64) if g is None else g)
+            setattr(self, name, g if tokens else None)
+        return self
+
 
 def held_mask(start: int, batch: int, every: int) -> torch.Tensor:
     """Image i (global index) is held out when every > 0 and i % every == every - 1."""
@@ -60,9 +73,15 @@ class DensePass:
 
 
 @torch.no_grad()
-def dense_pass(model: nn.Module, batches: Iterable[torch.Tensor], paths: list, held_every: int,
+def dense_pass(model: nn.Module, batches: Iterable, paths: list, held_every: int,
                keep_block_inputs: bool, probe_images: int = 0) -> DensePass:
-    """Stream ``batches`` through ``model`` once, accumulating the input Gram of each Linear in ``paths``."""
+    """Stream ``batches`` through ``model`` once, accumulating the input Gram of each Linear in ``paths``.
+
+    ``batches`` yields image tensors, or ``(start, images)`` pairs where ``start`` is the global index
+    of the batch's first image: a process of a torchrun group then gets only its share of the batches
+    (``calibration_batches``), and the sums, counts and probe images are combined over the group at the
+    end, equal to one process's pass over every batch. The kept block inputs stay per process.
+    """
     mods = {p: model.get_submodule(p) for p in paths}
     res = DensePass({p: Grams() for p in paths}, {})
     state = {"mask": None}
@@ -91,21 +110,46 @@ def dense_pass(model: nn.Module, batches: Iterable[torch.Tensor], paths: list, h
         handles.append(model.blocks[0].register_forward_pre_hook(keep))
     was_training = model.training
     model.eval()
+    probe = []          # (start, fitting images of that batch) while fewer than probe_images are kept
     try:
-        for x in batches:
-            state["mask"] = held_mask(res.images, x.shape[0], held_every)
+        for item in batches:
+            start, x = item if isinstance(item, tuple) else (res.images, item)
+            state["mask"] = held_mask(start, x.shape[0], held_every)
             model(x)
-            have = sum(p.shape[0] for p in res.probe)
+            have = sum(p.shape[0] for _, p in probe)
             if have < probe_images:
-                res.probe.append(x[~state["mask"]][: probe_images - have].detach().clone())
+                probe.append((start, x[~state["mask"]][: probe_images - have].detach().clone()))
             res.images += x.shape[0]
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
+    _combine_over_ranks(res, mods, probe, probe_images)
     if res.images == 0:
         raise VitoptError("no calibration images were read")
     return res
+
+
+def _combine_over_ranks(res: DensePass, mods: dict, probe: list, probe_images: int) -> None:
+    """Sum the Grams and counts over a torchrun group and keep the first ``probe_images`` fitting images
+    in global order (alone: just the probe images in order)."""
+    from ...distributed import all_sum, gather_objects, rank_world
+    world = rank_world()[1]
+    if world > 1:
+        for p, m in mods.items():
+            res.grams[p].all_reduce((m.in_features, m.in_features))
+        res.images = int(all_sum([res.images])[0])
+        for tokens in gather_objects(res.tokens):
+            res.tokens.update(tokens)
+        probe = [(s, t.cpu()) for part in gather_objects([(s, t.cpu()) for s, t in probe]) for s, t in part]
+    device = probe[0][1].device if probe else None
+    kept, have = [], 0
+    for _, t in sorted(probe, key=lambda st: st[0]):
+        if have >= probe_images:
+            break
+        kept.append(t[: probe_images - have].to(device))
+        have += kept[-1].shape[0]
+    res.probe = kept
 
 
 @torch.no_grad()
@@ -144,7 +188,9 @@ def pair_grams(block_d: nn.Module, block_c: nn.Module, sub: str, inputs_d: list,
                 a, d = xc[sel].reshape(-1, in_features), xd[sel].reshape(-1, in_features)
                 cc.add(a, a, held)
                 cd.add(a, d, held)
-    return cc, cd
+    # each process holds the block inputs of its own batches (dense_pass): sum over the group
+    shape = (in_features, in_features)
+    return cc.all_reduce(shape), cd.all_reduce(shape)
 
 
 @torch.no_grad()
@@ -161,26 +207,26 @@ def cached_dense_pass(cache_dir, key: dict, model: nn.Module, batches: Iterable[
     and the pass's own arguments are added here. A sweep of low-rank budgets on one model then reads
     the images once: every budget factorises from the same Grams.
     """
-    if cache_dir is None:
+    from ...distributed import broadcast_object, rank_world, save_on_main
+    if cache_dir is None or (keep_block_inputs and rank_world()[1] > 1):
+        # the kept block inputs are each process's own: one shared file cannot hold them
         return dense_pass(model, batches, paths, held_every, keep_block_inputs, probe_images)
     import hashlib
     import json
     from pathlib import Path
-    from ...fileio import atomic_path
     from ...evaluation import weights_sha256
     h = hashlib.sha256(json.dumps({**key, "paths": paths, "held_every": held_every, "keep": keep_block_inputs,
                                    "probe": probe_images, "weights": weights_sha256(model)},
                                   sort_keys=True, default=str).encode())
     path = Path(cache_dir) / f"lowrank_dense_pass-{h.hexdigest()[:16]}.pt"
-    if path.is_file():
+    if broadcast_object(path.is_file()):   # rank 0's view: the file it wrote is complete
         s = torch.load(path, map_location="cpu", weights_only=True)
         log(f"lowrank: calibration statistics reused from {path.name}")
         return DensePass({p: Grams(*g) for p, g in s["grams"].items()}, s["tokens"],
                          [tuple(b) for b in s["block0_inputs"]], s["images"], s["probe"])
     res = dense_pass(model, batches, paths, held_every, keep_block_inputs, probe_images)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save({"grams": {p: (g.fit, g.held, g.fit_tokens, g.held_tokens) for p, g in res.grams.items()},
-                    "tokens": res.tokens, "block0_inputs": [list(b) for b in res.block0_inputs],
-                    "images": res.images, "probe": res.probe}, tmp)
+    save_on_main(path, {"grams": {p: (g.fit, g.held, g.fit_tokens, g.held_tokens) for p, g in res.grams.items()},
+                        "tokens": res.tokens, "block0_inputs": [list(b) for b in res.block0_inputs],
+                        "images": res.images, "probe": res.probe})
     return res

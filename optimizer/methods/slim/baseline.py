@@ -38,26 +38,36 @@ def magnitude_importance(model: nn.Module) -> SearchResult:
 
 
 def taylor_importance(model: nn.Module, ctx, batch_size: int = 32, batches: int = 8) -> SearchResult:
-    """First-order Taylor importance on ``batches`` calibration batches (pseudo-labels from the model)."""
+    """First-order Taylor importance on ``batches`` calibration batches (pseudo-labels from the model).
+
+    Under torchrun each rank takes its part of every global batch and the mask gradients are summed
+    over ranks, so the scores equal one process's on the same images."""
+    from ... import distributed as dist
     sm = SearchModel(model, prune_tokens=False).to(ctx.device).eval()
     for p in sm.model.parameters():
         p.requires_grad_(False)
     masks = mask_dict(sm)
     meter = TaylorMeter(sm)
-    loader = ctx.calib_loader(model, batch_size, shuffle=True)
+    with dist.agree_on_errors():
+        ds = ctx.calib_dataset(model)
+    loader = dist.sharded_loader(ds, batch_size, seed=ctx.seed, epoch=0, workers=ctx.workers,
+                                 limit_batches=batches)
     done = 0
-    for batch in progress(loader, desc="taylor importance", unit="batch", total=min(batches, len(loader))):
-        if done >= batches:
-            break
-        if batch.images.numel() == 0:
+    for batch in progress(loader, desc="taylor importance", unit="batch", total=len(loader)):
+        n_local = batch.images.shape[0]
+        n_all = dist.all_sum([n_local])[0]
+        if n_all == 0:
             continue
-        x = batch.images.to(ctx.device)
         for p in masks.values():
             p.grad = None
-        logits = sm(x).float()
-        loss = F.cross_entropy(logits, logits.detach().argmax(1))
-        loss.backward()
-        meter.update({k: p.grad for k, p in masks.items()})
+        if n_local:
+            x = batch.images.to(ctx.device)
+            logits = sm(x).float()
+            # the rank's share of the global batch's mean loss: summed gradients equal one process's
+            loss = F.cross_entropy(logits, logits.detach().argmax(1), reduction="sum") / n_all
+            loss.backward()
+        dist.sum_gradients(list(masks.values()))
+        meter.update({k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in masks.items()})
         done += 1
     for p in sm.model.parameters():
         p.requires_grad_(True)

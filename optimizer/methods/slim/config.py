@@ -51,6 +51,7 @@ class SlimConfig(MethodConfig):
     tau: float = 1.0
     checkpoint_every: int = 20
     baseline_batches: int = 8
+    amp: bool = False               # mixed precision of the search on CUDA (bf16, else fp16); float32 on CPU
     recovery: RecoveryConfig = field(default_factory=lambda: RecoveryConfig(
         loss="manifold", epochs=1.0, lr=1e-4, batch_size=32, augment=True, holdout=0.1))
 
@@ -78,6 +79,8 @@ class SlimConfig(MethodConfig):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"amp must be true or false, got {self.amp!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
 
@@ -91,4 +94,7 @@ class SlimConfig(MethodConfig):
         """The fields a mask search depends on: searches with equal keys are interchangeable."""
         keys = ("prune_attention", "prune_mlp", "prune_tokens", "w_attn", "w_mlp", "w_token", "token_init",
                 "freeze_weights", "epochs", "steps", "batch_size", "lr", "mask_lr", "weight_decay", "tau")
-        return {k: getattr(self, k) for k in keys}
+        key = {k: getattr(self, k) for k in keys}
+        if self.amp:   # only when on: searches from before the field keep their key (and their checkpoints)
+            key["amp"] = True
+        return key

@@ -254,7 +254,14 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
 
     Loss: KD from ``teacher`` (no labels) + l1 penalties per mask type. AdamW; resumable from
     ``ctx.work_dir/slim_search.pt``. Returns the mask values and Taylor scores of the masked model.
+
+    Under torchrun every rank takes its part of the same global batches (``distributed.sharded_loader``),
+    its loss is its images' share of the global batch mean and the gradients are summed over ranks
+    before the step, so N processes learn the masks one process learns (within float rounding).
+    Rank 0 writes the checkpoint; every rank resumes from it.
     """
+    from ... import distributed as dist
+    from ...precision import mixed_precision
     if teacher is None:
         raise VitoptError("the slim search needs the dense teacher (ctx.teacher)")
     device = ctx.device
@@ -262,8 +269,9 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
     teacher = teacher.to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    loader0 = ctx.calib_loader(model, cfg.batch_size, shuffle=True)
-    per_epoch = len(loader0)
+    with dist.agree_on_errors():
+        ds = ctx.calib_dataset(model)
+    per_epoch = math.ceil(len(ds) / cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, int(math.ceil(cfg.epochs * per_epoch)))
     masks = mask_dict(sm)
     for name, p in masks.items():
@@ -277,6 +285,7 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
         p.requires_grad_(True)
     opt = torch.optim.AdamW([{"params": mask_params, "lr": cfg.mask_lr, "weight_decay": 0.0},
                              {"params": trainable, "lr": cfg.lr, "weight_decay": cfg.weight_decay}])
+    mp = mixed_precision(device, getattr(cfg, "amp", False))
     meter = TaylorMeter(sm)
     step, t_spent = 0, 0.0
     ckpt = Path(ctx.work_dir) / "slim_search.pt" if ctx.work_dir else None
@@ -284,56 +293,74 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
     resumable = False
     if ckpt is not None:
         from ...workdir import check_or_init, fingerprint
-        resumable = check_or_init(ctx.work_dir, fingerprint(model, config=key, data=ctx.calib_dir), progress=ckpt,
-                                  log=ctx.log)
+        with dist.agree_on_errors():
+            if dist.is_main():   # rank 0 owns the work directory; the others follow its decision
+                resumable = check_or_init(ctx.work_dir, fingerprint(model, config=key, data=ctx.calib_dir),
+                                          progress=ckpt, log=ctx.say)
+        resumable = dist.broadcast_object(resumable)
     if resumable:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        with dist.agree_on_errors():
+            state = torch.load(ckpt, map_location=device, weights_only=False)
         if state.get("key") == key:
             sm.load_state_dict(state["search_model"])
             opt.load_state_dict(state["optimizer"])
             meter.acc, meter.count = state["taylor"], state["taylor_count"]
             step, t_spent = state["step"], state.get("seconds", 0.0)
-            ctx.log(f"slim: resuming the mask search at step {step}/{total} from {ckpt}")
+            ctx.say(f"slim: resuming the mask search at step {step}/{total} from {ckpt}")
         else:
-            ctx.log(f"slim: ignoring {ckpt} (written by a search with other settings)")
+            ctx.say(f"slim: ignoring {ckpt} (written by a search with other settings)")
     cache = TeacherCache(teacher)
     sm.train()
     t0 = time.perf_counter()
     bar = progress(range(total), desc="slim search", unit="step", initial=step)
     losses = []
+    params = mask_params + trainable
+    unreadable = 0
     while step < total:
         epoch, skip = divmod(step, per_epoch)
-        loader = ctx.calib_loader(model, cfg.batch_size, shuffle=True) if epoch == 0 else \
-            _reseeded_loader(ctx, model, cfg.batch_size, epoch)
-        for j, batch in enumerate(loader):
-            if j < skip:
-                continue
+        loader = dist.sharded_loader(ds, cfg.batch_size, seed=ctx.seed, epoch=epoch, workers=ctx.workers,
+                                     start=skip)
+        for batch in loader:
             if step >= total:
                 break
-            if batch.images.numel() == 0:
+            n_local = batch.images.shape[0]
+            n_all, failed = dist.all_sum([n_local, len(batch.failed)])
+            unreadable += int(failed)
+            if n_all == 0:
                 # an all-unreadable batch still uses up its slot: step is also the loader position that
                 # a resume (and the next pass of this loop) skips to, so not counting it would revisit
                 # the same empty batch forever
                 step += 1
                 bar.update(1)
                 continue
-            x = batch.images.to(device)
-            t_logits = cache(x, batch.paths)
-            task = kd_loss(sm(x).float(), t_logits, cfg.tau)
-            pen = sm.penalty(cfg.w_attn, cfg.w_mlp, cfg.w_token)
             opt.zero_grad(set_to_none=True)
-            task.backward()
-            meter.update({k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in masks.items()})
+            task_local = torch.zeros((), device=device)
+            if n_local:
+                x = batch.images.to(device)
+                with mp.autocast():
+                    t_logits = cache(x, batch.paths)
+                    s_logits = sm(x)
+                # this rank's share of the global batch's mean KD: the ranks' gradients then sum to it
+                task_local = kd_loss(s_logits.float(), t_logits.float(), cfg.tau) * (n_local / n_all)
+                mp.scaler.scale(task_local).backward()
+            dist.sum_gradients(params)
+            mp.scaler.unscale_(opt)
+            task = dist.all_sum([float(task_local.detach())])[0]
+            grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in masks.items()}
+            if all(bool(torch.isfinite(g).all()) for g in grads.values()):
+                meter.update(grads)
+            pen = sm.penalty(cfg.w_attn, cfg.w_mlp, cfg.w_token)
             if mask_params:
                 pg = torch.autograd.grad(pen, mask_params, allow_unused=True)
                 for p, g in zip(mask_params, pg):
                     if g is not None:
                         p.grad = g if p.grad is None else p.grad + g
-            opt.step()
-            losses.append(float(task.detach()))
+            mp.scaler.step(opt)
+            mp.scaler.update()
+            losses.append(task)
             step += 1
             bar.update(1)
-            bar.set_postfix(kd=f"{float(task.detach()):.4f}", l1=f"{float(pen.detach()):.3f}")
+            bar.set_postfix(kd=f"{task:.4f}", l1=f"{float(pen.detach()):.3f}")
             if ckpt is not None and (step % cfg.checkpoint_every == 0 or step == total):
                 _save_checkpoint(ckpt, sm, opt, meter, step, key, t_spent + time.perf_counter() - t0)
     bar.close()
@@ -343,17 +370,12 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
         p.requires_grad_(True)
     report = {"steps": total, "seconds": round(seconds, 1), "final_kd": losses[-1] if losses else None,
               "mean_kd_last10": sum(losses[-10:]) / max(len(losses[-10:]), 1) if losses else None,
-              "device": device, "freeze_weights": cfg.freeze_weights}
+              "device": str(device), "freeze_weights": cfg.freeze_weights, "world_size": dist.rank_world()[1],
+              "precision": mp.dtype, "unreadable_images": unreadable}
     return result_from_search_model(sm, meter.scores(), "learned", report)
 
 
-def _reseeded_loader(ctx, model, batch_size: int, epoch: int):
-    from dataclasses import replace
-    return replace(ctx, seed=ctx.seed + epoch).calib_loader(model, batch_size, shuffle=True)
-
-
 def _save_checkpoint(path: Path, sm, opt, meter, step, key, seconds) -> None:
-    from ...fileio import atomic_path
-    with atomic_path(path) as tmp:
-        torch.save({"search_model": sm.state_dict(), "optimizer": opt.state_dict(), "taylor": meter.acc,
-                    "taylor_count": meter.count, "step": step, "key": key, "seconds": seconds}, tmp)
+    from ...distributed import save_on_main
+    save_on_main(path, {"search_model": sm.state_dict(), "optimizer": opt.state_dict(), "taylor": meter.acc,
+                        "taylor_count": meter.count, "step": step, "key": key, "seconds": seconds})
