@@ -89,6 +89,23 @@ def spread_schedule(total: float, num_blocks: int) -> list:
     return [base + (1 if i < extra else 0) for i in range(num_blocks)]
 
 
+def closest_by_bisection(make, cost, lo: float, hi: float, target: float, decreasing: bool, iters: int = 40):
+    """Bisect a knob in [lo, hi] whose ``cost(make(knob)[0])`` moves monotonically (down when
+    ``decreasing``); returns (``make(knob)[1]`` of the closest cost, that cost)."""
+    best = None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        probe, value = make(mid)
+        c = cost(probe)
+        if best is None or abs(c - target) < abs(best[1] - target):
+            best = (value, c)
+        if (c > target) == decreasing:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
 def schedule_for_macs(mm: MacsModel, target_macs: float, tolerance: float,
                       shapes: Optional[Sequence[BlockShape]] = None) -> list:
     """The static schedule (``spread_schedule`` of a mean r, bisected) whose MACs are closest to
@@ -107,18 +124,8 @@ def schedule_for_macs(mm: MacsModel, target_macs: float, tolerance: float,
     lo, hi = 0.0, float((mm.num_tokens - 1) // 2)
     while not feasible(spread_schedule(hi, L)):
         hi -= 1.0 / L
-    best = None
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        sched = spread_schedule(mid, L)
-        macs = mm.macs(sched, shapes)
-        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
-            best = (sched, macs)
-        if macs > target_macs:
-            lo = mid
-        else:
-            hi = mid
-    sched, macs = best
+    sched, macs = closest_by_bisection(lambda mid: (spread_schedule(mid, L),) * 2, lambda s: mm.macs(s, shapes),
+                                       lo, hi, target_macs, decreasing=True, iters=60)
     if abs(macs - target_macs) > tolerance * target_macs:
         fewest = mm.macs(spread_schedule(hi, L), shapes)
         raise VitoptError(f"token merging cannot reach {target_macs / mm.dense_macs:.3f} of the MACs within "
