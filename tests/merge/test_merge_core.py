@@ -9,7 +9,7 @@ import torch
 
 from optimizer.counting import count_macs
 from optimizer.errors import VitoptError
-from optimizer.methods.merge import MergeConfig, match_destinations, merge_schedule, merge_tokens, merge_weighted
+from optimizer.methods.merge import MergeConfig, match_tokens, merge_schedule, merge_tokens, merge_weighted
 from optimizer.methods.merge.block import MergeAttention
 from optimizer.methods.merge.schedule import MacsModel, block_shapes, merged_block_macs
 from optimizer.models.blocks import PrunedAttention
@@ -25,36 +25,38 @@ def _hand_keys():
     return torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.9]]])
 
 
+def _lists(*ts):
+    return [t.tolist() for t in ts]
+
+
 def test_bipartite_matching_by_hand():
     k = _hand_keys()
     # cosines: token 2 -> B{1: 0, 3: 1} best 3 (1.0); token 4 -> B{1: 0.743, 3: 0.669} best 1 (0.743)
-    # [A; B] order is tokens [0, 2, 4, 1, 3]
-    # r=1: token 2 (best score) merges into token 3; outputs [0, 4, 1, 3+2]
-    assert match_destinations(k, 1).tolist() == [[0, 3, 1, 2, 3]]
-    # r=2: tokens 2 and 4 merge; outputs [0, 1+4, 3+2]
-    assert match_destinations(k, 2).tolist() == [[0, 2, 1, 1, 2]]
-    # r=0: identity up to the [A; B] reordering, class token first
-    assert match_destinations(k, 0).tolist() == [[0, 1, 2, 3, 4]]
+    # A indices: token 0 -> 0, 2 -> 1, 4 -> 2; B indices: token 1 -> 0, 3 -> 1
+    # r=1: token 2 (the best score) merges into token 3; tokens 0 and 4 stay
+    assert _lists(*match_tokens(k, 1)) == [[[0, 2]], [[1]], [[1]]]
+    # r=2: then token 4 into token 1; only the class token stays in A
+    assert _lists(*match_tokens(k, 2)) == [[[0]], [[1, 2]], [[1, 0]]]
 
 
 def test_class_token_is_never_merged():
     k = _hand_keys().clone()
-    k[0, 0] = k[0, 3]          # the class token now matches token 3 perfectly
-    assert match_destinations(k, 2)[0, 0] == 0
-    assert match_destinations(k, 2, protect_first=False)[0, 0] != 0
+    k[0, 0] = torch.tensor([0.0, 1.0])          # the class token now matches token 3 perfectly (as token 2 does)
+    assert 0 in match_tokens(k, 2)[0][0].tolist()
+    assert 0 in match_tokens(k, 2, protect_first=False)[1][0].tolist()
 
 
 def test_ties_are_broken_by_position():
     k = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])
     # tokens 2 and 4 both match token 1 at cosine 1: the earlier one (2) merges first
-    assert match_destinations(k, 1).tolist() == [[0, 2, 1, 2, 3]]
+    assert _lists(*match_tokens(k, 1)) == [[[0, 2]], [[1]], [[0]]]
 
 
 def test_size_weighted_merge_by_hand():
     x = torch.arange(5, dtype=torch.float).reshape(1, 5, 1) * torch.tensor([1.0, 10.0])
     size = torch.tensor([1.0, 1.0, 2.0, 1.0, 1.0]).reshape(1, 5, 1)
-    dest = match_destinations(_hand_keys(), 1)
-    out, new = merge_weighted(x, size, dest, 4)
+    out, new = merge_weighted(x, size, *match_tokens(_hand_keys(), 1))
+    # outputs: unmerged A (tokens 0, 4), then B (token 1, token 3 + token 2 of size 2)
     expect = torch.stack([x[0, 0], x[0, 4], x[0, 1], (2 * x[0, 2] + x[0, 3]) / 3])[None]
     torch.testing.assert_close(out, expect, rtol=0, atol=1e-6)
     assert new.flatten().tolist() == [1.0, 1.0, 1.0, 3.0]
@@ -122,7 +124,7 @@ def _closed_form(kw, schedule) -> float:
         m = n - r
         macs += 5 * n * d + 3 * n * d * d + 2 * n * n * d + n * d * d          # norm1, qkv, attention, proj
         if r:
-            macs += ((n + 1) // 2) * (n // 2) * hd + m * n * (d + 1)          # similarity, assignment MatMul
+            macs += ((n + 1) // 2) * (n // 2) * hd + (n // 2) * r * (d + 1)   # similarity, assignment MatMul
         macs += 5 * m * d + 2 * m * d * f                                     # norm2, MLP
         n = m
     return macs + 5 * n * d                                                   # final norm

@@ -9,8 +9,9 @@ CLI: ``vitopt compress --method merge --model deit_tiny_patch16_224 --checkpoint
 
 Export (established on this tree with ``optimizer.deploy.deploy_model``, see tests/merge and
 benchmarks/results/token_merge.md): the matching runs in the graph as MatMul, ReduceMax/ArgMax,
-Greater/Equal/And, ReduceSum, Where, Equal+Cast (the one-hot assignment) and MatMul + Div for the
-weighted merge — no ScatterElements (TensorRT for RTX 1.7 rejects ``reduction="add"``), no TopK or
+Greater/Equal/And/Or, ReduceSum, Where, ArgMax + GatherElements (the unmerged and merged tokens),
+Equal+Cast (the one-hot assignment of the r merged tokens to B) and MatMul + Div for the weighted
+merge — no ScatterElements (TensorRT for RTX 1.7 rejects ``reduction="add"``), no TopK or
 sort (ties are broken by position in every backend), no CumSum. ONNX Runtime runs it at any batch
 size equal to PyTorch within the fp32 tolerance, and TensorRT for RTX builds an engine from it
 (building is all this CPU machine can check; running needs a GPU).
@@ -23,7 +24,7 @@ Modules: ``matching`` (bipartite soft matching, destinations, one-hot merge), ``
 from ...compress.registry import register_method
 from .block import MergeBlocks, TokenMergeBlock, merge_schedule, merge_tokens
 from .config import MergeConfig
-from .matching import match_destinations, merge_weighted
+from .matching import match_tokens, merge_weighted
 from .method import apply, rebuild, structure_of
 from .schedule import MacsModel, merged_block_macs, schedule_for_macs
 
@@ -31,5 +32,5 @@ register_method("merge", MergeConfig, apply, rebuild,
                 "ToMe token merging: bipartite soft matching on the keys, size-weighted merges, proportional attention")
 
 __all__ = ["MergeConfig", "apply", "rebuild", "structure_of", "merge_tokens", "merge_schedule", "MergeBlocks",
-           "TokenMergeBlock", "match_destinations", "merge_weighted", "MacsModel", "merged_block_macs",
+           "TokenMergeBlock", "match_tokens", "merge_weighted", "MacsModel", "merged_block_macs",
            "schedule_for_macs"]

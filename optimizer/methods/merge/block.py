@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ...errors import VitoptError
 from ...models.blocks import PrunedAttention, PrunedBlock, make_prunable
-from .matching import match_destinations, merge_weighted
+from .matching import match_tokens, merge_weighted
 
 
 class MergeAttention(PrunedAttention):
@@ -46,17 +46,15 @@ class TokenMerge(nn.Module):
         self.r = int(r)
 
     def forward(self, x: torch.Tensor, size: Optional[torch.Tensor], metric: torch.Tensor) -> tuple:
-        n = x.shape[1]
         if size is None:
             size = torch.ones_like(x[..., :1])
-        dest = match_destinations(metric, self.r)
-        return merge_weighted(x, size, dest, n - self.r)
+        return merge_weighted(x, size, *match_tokens(metric, self.r))
 
     def vitopt_macs(self, inputs, output) -> int:
-        """Similarity A·Bᵀ (Na·Nb·C) and the assignment MatMul (N'·N·(dim + 1)), per batch."""
+        """Similarity A·Bᵀ (Na·Nb·C) and the assignment MatMul (Nb·r·(dim + 1)), per batch."""
         x, _, metric = inputs
         B, n, d = x.shape
-        return B * ((n + 1) // 2) * (n // 2) * metric.shape[-1] + B * (n - self.r) * n * (d + 1)
+        return B * ((n + 1) // 2) * (n // 2) * metric.shape[-1] + B * (n // 2) * self.r * (d + 1)
 
     def extra_repr(self) -> str:
         return f"r={self.r}"

@@ -4,7 +4,7 @@ Per block with n tokens in, r merged, attention width w (heads x head dim h), ML
 in fvcore's convention (``optimizer.counting``):
 
     norm1 5nd + qkv 3ndw + q·kᵀ and attn·v 2n²w + proj nwd
-    + (r > 0) similarity ⌈n/2⌉⌊n/2⌋h + assignment MatMul (n-r)n(d+1)
+    + (r > 0) similarity ⌈n/2⌉⌊n/2⌋h + assignment MatMul ⌊n/2⌋r(d+1)
     + norm2 5(n-r)d + MLP 2(n-r)df
 
 then the final norm on the tokens left. ``count_macs`` of the built model equals this (tested).
@@ -42,7 +42,7 @@ def merged_block_macs(s: BlockShape, n: int, r: int) -> float:
     d, w, m = s.dim, s.heads * s.head_dim, n - r
     macs = s.norm_macs_per_elem * n * d + 3 * n * d * w + 2 * n * n * w + n * w * d
     if r > 0:
-        macs += ((n + 1) // 2) * (n // 2) * s.head_dim + m * n * (d + 1)
+        macs += ((n + 1) // 2) * (n // 2) * s.head_dim + (n // 2) * r * (d + 1)
     return float(macs + s.norm_macs_per_elem * m * d + 2 * m * d * s.hidden)
 
 
