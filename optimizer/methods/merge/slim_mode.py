@@ -5,7 +5,9 @@ block (0, 2, 4, ... up to what merging alone needs), the widths are bisected (sl
 rounding, tokens never dropped) so that the counted MACs of widths + schedule meet the target, then
 the schedule is re-fitted to those widths (``schedule_for_macs``). Every candidate is sliced and
 merged on a copy and scored by its KL to the dense teacher on ``token_eval_images`` calibration
-images; the lowest wins. Recovery (slim's fine-tune) runs on the sliced model before the merge
+images; the lowest wins. A learned search with frozen weights tunes the LayerNorms to its soft
+masks (token drop included), which hurts a model that keeps every token's content: each candidate is
+scored with the searched and with the dense norms (``norms`` in the report). Recovery (slim's fine-tune) runs on the sliced model before the merge
 (manifold distillation pairs tokens by position, which merged tokens no longer have); merging
 needs no training.
 """
@@ -80,6 +82,26 @@ def candidates(rank, geo, mm: MacsModel, cfg) -> list:
     return out
 
 
+def _layer_norms(model) -> dict:
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+
+
+def _norms_differ(model, teacher) -> bool:
+    t = _layer_norms(teacher)
+    return any(name in t and any(not torch.equal(a, b) for a, b in zip(m.parameters(), t[name].parameters()))
+               for name, m in _layer_norms(model).items())
+
+
+@torch.no_grad()
+def _with_norms_of(model, teacher):
+    """``model`` with the teacher's LayerNorm parameters (in place; norms are never sliced)."""
+    t = _layer_norms(teacher)
+    for name, m in _layer_norms(model).items():
+        if name in t:
+            m.load_state_dict(t[name].state_dict())
+    return model
+
+
 @torch.no_grad()
 def teacher_kl(models: list, teacher, ctx, images: int, batch_size: int) -> list:
     """Mean KL(teacher || model) of each model on ``images`` seeded-shuffled calibration images
@@ -115,14 +137,20 @@ def slim_with_merging(model, res, cfg, geo, ctx, teacher, recover) -> tuple:
     fold = res.importance == "learned"
     attn_scale = res.attn_mask if fold else None
     mlp_scale = res.mlp_mask if fold else None
-    cands = candidates(rank, geo, mm, cfg)
     teacher = teacher.to(ctx.device).eval()
+    norm_sources = {"search": model}
+    if _norms_differ(model, teacher):
+        norm_sources["dense"] = _with_norms_of(copy.deepcopy(model), teacher)
+    cands = [(plan, sched, src) for plan, sched in candidates(rank, geo, mm, cfg) for src in norm_sources]
     scored = []
-    for plan, sched in progress(cands, desc="slim merge schedule", unit="candidate"):
-        trial = merge_tokens(slice_model(copy.deepcopy(model), plan, geo, attn_scale, mlp_scale), sched).eval()
+    for plan, sched, src in progress(cands, desc="slim merge schedule", unit="candidate"):
+        base = copy.deepcopy(norm_sources[src])
+        trial = merge_tokens(slice_model(base, plan, geo, attn_scale, mlp_scale), sched).eval()
         scored.append(teacher_kl([trial], teacher, ctx, cfg.token_eval_images, cfg.batch_size)[0])
     best = min(range(len(cands)), key=lambda i: (scored[i], i))
-    plan, sched = cands[best]
+    plan, sched, src = cands[best]
+    if src == "dense":
+        model = _with_norms_of(model, teacher)
     model = slice_model(model, plan, geo, attn_scale, mlp_scale)
     recovery = recover(model)
     model = merge_tokens(model, sched)
@@ -135,11 +163,11 @@ def slim_with_merging(model, res, cfg, geo, ctx, teacher, recover) -> tuple:
     report = {"target": {"macs": cfg.macs_ratio}, "token_mode": "merge", "measured": measured.to_dict(),
               "dense": {"macs": geo.dense_macs, "params": geo.dense_params},
               "macs_ratio": measured.macs / geo.dense_macs, "params_ratio": measured.params / geo.dense_params,
-              "schedule": sched,
+              "schedule": sched, "norms": src,
               "widths": [{"heads": p.num_heads, "head_dim": p.head_dim, "mlp": len(p.units)} for p in plan],
-              "merge_search": [{"mean_r": round(sum(s) / len(s), 3), "schedule": s,
+              "merge_search": [{"mean_r": round(sum(s) / len(s), 3), "schedule": s, "norms": n,
                                 "attn_width": sum(p.num_heads * p.head_dim for p in pl),
                                 "mlp_hidden": sum(len(p.units) for p in pl), "kl": round(k, 5)}
-                               for (pl, s), k in zip(cands, scored)],
+                               for (pl, s, n), k in zip(cands, scored)],
               "recovery": recovery}
     return model, structure, report
