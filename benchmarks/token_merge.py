@@ -13,7 +13,8 @@ Rows (val images, agreement with the dense model's top-1 and its standard error,
         --train ../shared/data/imagenet-mini/train --val ../shared/data/imagenet-mini/val --search-dir DIR
     flock /tmp/vitopt-heavy.lock python benchmarks/token_merge.py --stages latency,report ...
 
-Stages keep their results in --work/state.json, so they can run as separate commands.
+Stages keep their results in --work/state.json, so they can run as separate commands (also in other
+work dirs at the same time: ``--include OTHER/state.json`` joins their slim rows and latency).
 Results: benchmarks/results/token_merge.{json,md}.
 """
 from __future__ import annotations
@@ -83,7 +84,7 @@ def stage_slim(args, state):
     dense = dense_model(args)
     rows = state.setdefault("slim", {})
     for budget in args.budgets:
-        for mode in ("drop", "merge"):
+        for mode in args.modes:
             name = f"slim{budget:g}_{mode}"
             cfg = SlimConfig(macs_ratio=budget, token_mode=mode, recovery=RecoveryConfig(loss="none"), **DEMO_SEARCH)
             ctx = CompressContext(calib_dir=args.train, teacher=dense, workers=args.workers, seed=0,
@@ -208,10 +209,13 @@ def stage_report(args, state):
                      f"{r['mean_kl']:.3f} |")
     if state.get("slim"):
         lines += ["", "## slim: token_mode drop vs merge (one mask search, no recovery)", "",
+                  "Candidates: mean merges per block, `d` = scored with the dense LayerNorms instead of the searched "
+                  "ones, and their KL to dense on 64 calibration images (the lowest is kept).", "",
                   "| variant | MACs ratio | params ratio | agreement % | top-1 % | merge schedule | candidates (mean r: KL) |",
                   "|---|---|---|---|---|---|---|"]
         for name, r in state["slim"].items():
-            cands = ", ".join(f"{c['mean_r']:g}: {c['kl']:.3f}" for c in (r.get("merge_search") or []))
+            cands = ", ".join(f"{c['mean_r']:g}{'d' if c.get('norms') == 'dense' else ''}: {c['kl']:.3f}"
+                              for c in (r.get("merge_search") or []))
             lines.append(f"| {name} | {r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | "
                          f"{_pct(r['agreement'], r['agreement_se'])} | {_pct(r['top1'])} | "
                          f"{r['schedule'] or '-'} | {cands or '-'} |")
@@ -259,16 +263,26 @@ def main():
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--r", type=int, nargs="+", default=[4, 6, 8, 10])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5])
+    ap.add_argument("--modes", nargs="+", default=["drop", "merge"], choices=["drop", "merge"],
+                    help="slim token modes to (re)run")
     ap.add_argument("--export-r", type=int, default=8)
     ap.add_argument("--parity-images", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--conclusion", default="")
+    ap.add_argument("--include", nargs="*", default=[], help="state.json of stages run in other --work dirs")
     args = ap.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)
     p = Path(args.work) / "state.json"
     state = json.loads(p.read_text()) if p.is_file() else {}
+    for other in args.include:
+        # stages run in other work dirs (concurrently): their slim rows and latency join this state
+        extra = json.loads(Path(other).read_text())
+        state.setdefault("slim", {}).update(extra.get("slim", {}))
+        if "latency" in extra:
+            state["latency"] = extra["latency"]
+        state.setdefault("included", []).append(other)
     for stage in args.stages.split(","):
         if stage not in STAGES:
             sys.exit(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
