@@ -37,16 +37,23 @@ class MethodEntry:
 METHODS = MappingProxyType({
     "slim": MethodEntry("optimizer.methods.slim", not_after={
         "lowrank": "slim after lowrank is not supported: slim slices dense Linear weights; put slim first",
-        "gates": "slim after gates would slice widths the gate nets were calibrated on; put slim first"}),
+        "gates": "slim after gates would slice widths the gate nets were calibrated on; put slim first",
+        "merge": "slim after merge is not supported: use slim's token_mode merge (slim: {token_mode: merge})"}),
     "lowrank": MethodEntry("optimizer.methods.lowrank", not_after={
         "gates": "lowrank after gates would factorise layers whose gates were calibrated unfactorised; "
                  "put lowrank before gates"}),
     "gates": MethodEntry("optimizer.methods.gates", {"gates_k": ExportOption(
         ("data", "fixed"),
         "models with a gates step: 'data' (default: K = count of gate scores over the threshold, "
-        "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")}),
+        "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")}, not_after={
+        "merge": "gates after token merging is not supported: the gated attention does not carry token sizes"}),
+    "merge": MethodEntry("optimizer.methods.merge", not_after={
+        "lowrank": "merge after lowrank is not supported: put merge (or slim's token_mode merge) first",
+        "gates": "merge after gates would change the tokens the gate nets were calibrated on; put merge first"}),
     # weights only, no structure
     "distill": MethodEntry("optimizer.distill.method", role="recovery", not_after={
+        "merge": "distill after merge is not supported: its manifold loss pairs student and teacher tokens by "
+                 "position, which merged tokens no longer have (slim's token_mode merge recovers before merging)",
         "gates": "distill after gates is not supported: use the gates step's own fine-tune (recovery.steps), "
                  "which keeps the gate groups it was trained with"}),
 })

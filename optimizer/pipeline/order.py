@@ -56,6 +56,8 @@ def step_tags(kind: str, options: dict) -> set:
         tags.add("compression")
     if kind in RECOVERY:
         tags.add("recovery")
+    if kind == "slim" and options.get("token_mode") == "merge":   # slim's merge mode: the merge rules apply
+        tags.add("merge")
     if kind == "bench":
         backends = options.get("backends", ["onnxruntime", "torch"])
         backends = [backends] if isinstance(backends, str) else list(backends or [])

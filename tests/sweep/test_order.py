@@ -26,6 +26,17 @@ BAD = [
     ("[export, export]", "step 2 \\(export\\): two export steps"),
     ("[export, build, build]", "step 3 \\(build\\): two build steps"),
     ("[slim: {macs: 0.7}, distill, distill]", "step 3 \\(distill\\): two distill steps in a row"),
+    ("[merge: {r: 8}, slim: {macs: 0.7}]", "step 2 \\(slim\\): slim after merge is not supported"),
+    ("[merge: {r: 8}, gates: {macs: 0.6}]", "step 2 \\(gates\\): gates after token merging"),
+    ("[lowrank: {params: 0.8}, merge: {r: 8}]", "step 2 \\(merge\\): merge after lowrank"),
+    ("[gates: {macs: 0.7}, merge: {r: 8}]", "step 2 \\(merge\\): merge after gates"),
+    ("[merge: {r: 8}, distill]", "step 2 \\(distill\\): distill after merge is not supported"),
+    ("[merge: {r: 8}, merge: {r: 4}]", "step 2 \\(merge\\): two merge steps"),
+]
+# slim's token_mode merge is held to the merge rules (the BAD rows above count each rule once)
+MERGE_MODE = [
+    ("[slim: {macs: 0.7, token_mode: merge}, gates: {macs: 0.6}]", "step 2 \\(gates\\): gates after token merging"),
+    ("[slim: {macs: 0.7, token_mode: merge}, distill]", "step 2 \\(distill\\): distill after merge"),
 ]
 
 
@@ -33,7 +44,7 @@ def test_every_rule_has_a_rejected_recipe():
     assert len(BAD) == len(NOT_AFTER) + len(NEEDS_BEFORE) + len(AT_MOST_ONCE) + len(NOT_TWICE_IN_A_ROW)
 
 
-@pytest.mark.parametrize("steps,msg", BAD)
+@pytest.mark.parametrize("steps,msg", BAD + MERGE_MODE)
 def test_nonsensical_order_is_rejected_at_load(tmp_path, steps, msg):
     p = tmp_path / "r.yaml"
     p.write_text(f"model: m\nsteps: {steps}\n")

@@ -8,6 +8,7 @@ from ...compress.config import MethodConfig, RecoveryConfig, check_positive, che
 
 IMPORTANCES = ("learned", "taylor", "magnitude")
 RANKINGS = ("global", "per_type")
+TOKEN_MODES = ("drop", "merge")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class SlimConfig(MethodConfig):
     types; "per_type" keeps the same fraction of each mask type by mask value (the paper's rule).
     Search defaults follow the paper (l1 weights 2e-4 / 5e-5 / 1e-4, AdamW, token z init 3) except
     ``mask_lr``: a short search (a few hundred steps instead of 50 epochs) needs larger steps.
+    ``token_mode`` (with ``prune_tokens`` and a MACs budget): "drop" removes the learned token set per
+    block (a static gather); "merge" keeps every token's content by merging (ToMe, a static per-block
+    schedule that the budget search picks together with the widths, ``optimizer.methods.merge``),
+    candidates scored on ``token_eval_images`` calibration images.
     Recovery (``recovery``, the RecoveryConfig every method shares): one epoch of manifold + logit
     distillation; ``recovery.holdout`` of the calibration images are held out and the weights with the
     lowest KL to the teacher on them are kept (never worse than the unrecovered slice on them).
@@ -36,6 +41,8 @@ class SlimConfig(MethodConfig):
     prune_attention: bool = True
     prune_mlp: bool = True
     prune_tokens: bool = True
+    token_mode: str = "drop"
+    token_eval_images: int = 64
     # search
     w_attn: float = 2e-4
     w_mlp: float = 5e-5
@@ -64,7 +71,8 @@ class SlimConfig(MethodConfig):
             raise ValueError(f"tolerance must be in (0, 0.5), got {self.tolerance!r}")
         if not isinstance(self.multiple, int) or self.multiple < 1:
             raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
-        for name, value, allowed in (("ranking", self.ranking, RANKINGS), ("importance", self.importance, IMPORTANCES)):
+        for name, value, allowed in (("ranking", self.ranking, RANKINGS), ("importance", self.importance, IMPORTANCES),
+                                     ("token_mode", self.token_mode, TOKEN_MODES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not (self.prune_attention or self.prune_mlp or self.prune_tokens):
@@ -75,7 +83,7 @@ class SlimConfig(MethodConfig):
             check_positive(name, getattr(self, name))
         if not isinstance(self.recovery, RecoveryConfig):
             raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
-        for name in ("batch_size", "checkpoint_every", "baseline_batches"):
+        for name in ("batch_size", "checkpoint_every", "baseline_batches", "token_eval_images"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")

@@ -10,6 +10,7 @@ import torch
 from ...compress.registry import StepResult
 from ...counting import count_macs
 from ...errors import VitoptError
+from ..merge.slim_mode import slim_with_merging, uses_merging
 from .baseline import magnitude_importance, taylor_importance
 from .budget import Geometry, Ranking, plan_counts, solve_budget
 from .config import SlimConfig
@@ -66,9 +67,13 @@ def apply(model, cfg: SlimConfig, ctx) -> StepResult:
         teacher = copy.deepcopy(model).eval()
     geo = Geometry.of(model)
     res = importance_of(model, cfg, ctx, teacher)
-    model, structure, report = slim_from_importance(model, res, cfg, geo)
+    if uses_merging(cfg):   # widths + merge schedule; recovery runs before the merge
+        model, structure, report = slim_with_merging(model, res, cfg, geo, ctx, teacher,
+                                                     lambda m: recover_model(m, teacher, ctx, cfg))
+    else:
+        model, structure, report = slim_from_importance(model, res, cfg, geo)
+        report["recovery"] = recover_model(model, teacher, ctx, cfg)
     report["importance"] = {"kind": res.importance, **res.report}
-    report["recovery"] = recover_model(model, teacher, ctx, cfg)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     model.eval()
     return StepResult(model, structure, report)

@@ -63,6 +63,9 @@ def rebuild(model: nn.Module, structure: dict) -> nn.Module:
         raise VitoptError(f"slim structure has {len(specs)} blocks, the model {len(model.blocks)}")
     for b, spec in zip(model.blocks, specs):
         _shape_block(b, spec)
+    if structure.get("merge") is not None:   # token_mode merge
+        from ..merge import rebuild as rebuild_merge
+        model = rebuild_merge(model, structure["merge"])
     return model
 
 
