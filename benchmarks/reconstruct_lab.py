@@ -14,6 +14,8 @@ One process per row writes a part file; ``--collect`` writes the table:
 
     python benchmarks/reconstruct_lab.py --row lowrank_params075 --parts build/reconstruct_lab
     python benchmarks/reconstruct_lab.py --collect --parts build/reconstruct_lab
+
+(``--modes blockwise --parts OTHER`` runs one mode in its own process; ``--collect --parts A,B`` merges.)
 """
 from __future__ import annotations
 
@@ -86,12 +88,29 @@ def run_row(args) -> dict:
                               "blocks_kept": kept, "report": rep}
         print(f"{args.row} {mode}: agreement {ev.agreement:.2f} top1 {ev.top1:.2f} "
               f"cpu {cpu / 60:.1f} min kept {kept}", flush=True)
+        _write_part(args, out)      # after every mode: a long row killed late still leaves its rows
     return out
 
 
+def _write_part(args, out: dict) -> None:
+    from optimizer.fileio import write_json
+    out["command"] = provenance()["command"]
+    write_json(Path(args.parts) / f"row-{args.row}.json", scrub(out))
+
+
 def collect(args) -> None:
-    parts = [json.loads(p.read_text()) for p in sorted(Path(args.parts).glob("row-*.json"))]
-    parts.sort(key=lambda p: ROWS.index(p["row"]))
+    """One table from the part files of every ``--parts`` folder (comma-separated: rows whose modes
+    were run by separate processes are merged, the modes in MODES order)."""
+    merged: dict = {}
+    for folder in args.parts.split(","):
+        for f in sorted(Path(folder).glob("row-*.json")):
+            p = json.loads(f.read_text())
+            have = merged.setdefault(p["row"], {**p, "modes": {}, "commands": []})
+            have["modes"].update(p["modes"])
+            have["commands"].append(p["command"])
+    parts = sorted(merged.values(), key=lambda p: ROWS.index(p["row"]))
+    for p in parts:
+        p["modes"] = {m: p["modes"][m] for m in MODES if m in p["modes"]}
     md = ["# Reconstruction on DeiT-Tiny: without / closed form / block-wise", "",
           "Calibration: imagenet-mini train (evenly spaced images, 10 % held out to accept or roll back "
           "each block's update); report: imagenet-mini val (491 images), agreement = top-1 class equal to "
@@ -105,7 +124,7 @@ def collect(args) -> None:
             md.append(f"| {p['row']} | {p['macs_ratio']} | {p['params_ratio']} | {mode} | {r['agreement']:.1f} | "
                       f"{r['top1']:.1f} | {r['mean_kl']:.3f} | {r['cpu_minutes']} | {kept} |")
     md += ["", "Starting points:", ""] + [f"- {p['row']}: {p['start']}" for p in parts]
-    md += ["", "Row commands:", ""] + [f"- `{p['command']}`" for p in parts]
+    md += ["", "Row commands (then `--collect`):", ""] + [f"- `{c}`" for p in parts for c in p["commands"]]
     write_result(ROOT / "benchmarks" / "results" / "reconstruct_lab", {"rows": parts}, md)
 
 
@@ -128,10 +147,7 @@ def main(argv=None) -> None:
     if not args.row:
         ap.error("give --row or --collect")
     Path(args.parts).mkdir(parents=True, exist_ok=True)
-    out = run_row(args)
-    out["command"] = provenance()["command"]
-    from optimizer.fileio import write_json
-    write_json(Path(args.parts) / f"row-{args.row}.json", scrub(out))
+    run_row(args)
 
 
 if __name__ == "__main__":

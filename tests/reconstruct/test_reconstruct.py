@@ -13,7 +13,7 @@ from optimizer.errors import VitoptError
 from optimizer.reconstruct import ReconstructConfig, reconstruct_model
 from tests.conftest import tiny_vit
 
-FAST = dict(steps=30, lr=1e-3, batch_size=8, holdout=0.25)
+FAST = dict(steps=15, lr=1e-3, batch_size=8, holdout=0.25)
 
 
 def _images(folder, model, n=64):
@@ -116,7 +116,7 @@ def test_deterministic_under_a_seed(slim_tiny, calib_folder):
     for _ in range(2):
         model = copy.deepcopy(slim_tiny[0])
         reconstruct_model(model, slim_tiny[1], CompressContext(calib_dir=calib_folder, workers=0, seed=3),
-                          ReconstructConfig(mode="both", **FAST))
+                          ReconstructConfig(mode="both", **{**FAST, "steps": 4}))
         outs.append(model.state_dict())
     for k in outs[0]:
         torch.testing.assert_close(outs[0][k], outs[1][k], rtol=0, atol=0)
@@ -136,3 +136,29 @@ def test_missing_images_or_teacher_are_one_line_errors(slim_tiny, calib_folder):
     with pytest.raises(VitoptError, match="same blocks"):
         reconstruct_model(model, tiny_vit(depth=2), CompressContext(calib_dir=calib_folder),
                           ReconstructConfig(mode="closed_form"))
+
+
+def test_gated_blocks_tune_under_their_gate_decisions(calib_folder, judge_folder):
+    from optimizer.methods.gates.convert import gate_model, structure_of
+    from optimizer.methods.gates.modules import gated_modules
+    dense = tiny_vit(num_classes=2)
+    model = gate_model(copy.deepcopy(dense), group_size=16, gate_hidden=8, threshold=0.0, init_logit=1.0)
+    with torch.no_grad():     # half the units of every module off: decisions that change the output
+        for m in gated_modules(model):
+            b = m.gate_net.last.bias
+            b.copy_(torch.tensor([1.0, -1.0]).repeat(b.numel())[: b.numel()])
+    model.eval()
+    structure = structure_of(model)
+    gates = {n: p.detach().clone() for n, p in model.named_parameters() if ".gate_net." in n}
+    assert gates
+    x = _images(judge_folder, dense)
+    before, _ = _block_errors(model, dense, x)
+    rep = reconstruct_model(model, dense, CompressContext(calib_dir=calib_folder, workers=0),
+                            ReconstructConfig(mode="blockwise", **FAST))
+    after, _ = _block_errors(model, dense, x)
+    assert structure_of(model) == structure
+    for n, p in model.named_parameters():
+        if n in gates:
+            assert torch.equal(p, gates[n]), n
+    assert any(r["kept"] for r in rep["blocks"])
+    assert after[-1] < before[-1]
