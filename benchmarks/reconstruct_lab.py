@@ -75,7 +75,7 @@ def run_row(args) -> dict:
            "params_ratio": round(count_params(base) / dp, 4), "modes": {}}
     for mode in args.modes.split(","):
         model = copy.deepcopy(base)
-        cfg = ReconstructConfig(mode=mode, images=args.images)
+        cfg = ReconstructConfig(mode=mode, images=args.images, **({"steps": args.steps} if args.steps else {}))
         c0, w0 = time.process_time(), time.perf_counter()
         rep = reconstruct_model(model, dense, ctx, cfg)
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
@@ -98,6 +98,28 @@ def _write_part(args, out: dict) -> None:
     write_json(Path(args.parts) / f"row-{args.row}.json", scrub(out))
 
 
+def part_from_log(log_path: str, row: str, command: str) -> dict:
+    """A part rebuilt from a row's log (its per-mode result lines and per-block lines), for a row process
+    stopped before it wrote its part file; the part says so ("source")."""
+    import re
+    out = {"row": row, "start": "see the row's command", "macs_ratio": None, "params_ratio": None, "modes": {},
+           "command": command, "source": f"log {relative(str(Path(log_path).resolve()))}"}
+    blocks: list = []
+    for line in Path(log_path).read_text().splitlines():
+        m = re.match(r"reconstruct: block (\d+): held-out error (\S+) -> (\S+) \((.*), (\S+) s\)", line)
+        if m:
+            kept = [] if m.group(4) == "rolled back" else m.group(4).split("+")
+            blocks.append({"block": int(m.group(1)), "error_before": float(m.group(2)),
+                           "error_after": float(m.group(3)), "kept": kept, "seconds": float(m.group(5))})
+        m = re.match(rf"{row} (\w+): agreement (\S+) top1 (\S+) cpu (\S+) min kept", line)
+        if m:
+            out["modes"][m.group(1)] = {"agreement": float(m.group(2)), "top1": float(m.group(3)), "mean_kl": None,
+                                        "cpu_minutes": float(m.group(4)), "blocks_kept": [b["kept"] for b in blocks],
+                                        "report": {"blocks": blocks}}
+            blocks = []
+    return out
+
+
 def collect(args) -> None:
     """One table from the part files of every ``--parts`` folder (comma-separated: rows whose modes
     were run by separate processes are merged, the modes in MODES order)."""
@@ -106,6 +128,9 @@ def collect(args) -> None:
         for f in sorted(Path(folder).glob("row-*.json")):
             p = json.loads(f.read_text())
             have = merged.setdefault(p["row"], {**p, "modes": {}, "commands": []})
+            for k in ("start", "macs_ratio", "params_ratio", "source"):   # a full part's fields win over a log's
+                if p.get(k) is not None and (have.get(k) is None or not p.get("source")):
+                    have[k] = p[k]
             have["modes"].update(p["modes"])
             have["commands"].append(p["command"])
     parts = sorted(merged.values(), key=lambda p: ROWS.index(p["row"]))
@@ -121,9 +146,11 @@ def collect(args) -> None:
     for p in parts:
         for mode, r in p["modes"].items():
             kept = sum(bool(k) for k in r["blocks_kept"]) if r["blocks_kept"] else "-"
+            kl = "-" if r.get("mean_kl") is None else f"{r['mean_kl']:.3f}"
             md.append(f"| {p['row']} | {p['macs_ratio']} | {p['params_ratio']} | {mode} | {r['agreement']:.1f} | "
-                      f"{r['top1']:.1f} | {r['mean_kl']:.3f} | {r['cpu_minutes']} | {kept} |")
+                      f"{r['top1']:.1f} | {kl} | {r['cpu_minutes']} | {kept} |")
     md += ["", "Starting points:", ""] + [f"- {p['row']}: {p['start']}" for p in parts]
+    md += [f"- {p['row']}: some modes rebuilt from {p['source']} (no mean KL there)" for p in parts if p.get("source")]
     md += ["", "Row commands (then `--collect`):", ""] + [f"- `{c}`" for p in parts for c in p["commands"]]
     write_result(ROOT / "benchmarks" / "results" / "reconstruct_lab", {"rows": parts}, md)
 
@@ -132,9 +159,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--row", choices=ROWS)
     ap.add_argument("--collect", action="store_true")
+    ap.add_argument("--from-log", help="write --row's part from this log (a row stopped before its part file)")
+    ap.add_argument("--log-command", default="", help="with --from-log: the command that wrote the log")
     ap.add_argument("--parts", default="build/reconstruct_lab")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=None, help="block-wise Adam steps (default: the config's)")
     ap.add_argument("--checkpoint", default=str(SHARED / "weights" / "deit_tiny_patch16_224.pth"))
     ap.add_argument("--calib", default=str(SHARED / "data" / "imagenet-mini" / "train"))
     ap.add_argument("--val", default=str(SHARED / "data" / "imagenet-mini" / "val"))
@@ -144,6 +174,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.collect:
         return collect(args)
+    if args.from_log:
+        from optimizer.fileio import write_json
+        Path(args.parts).mkdir(parents=True, exist_ok=True)
+        return write_json(Path(args.parts) / f"row-{args.row}.json",
+                          scrub(part_from_log(args.from_log, args.row, args.log_command)))
     if not args.row:
         ap.error("give --row or --collect")
     Path(args.parts).mkdir(parents=True, exist_ok=True)

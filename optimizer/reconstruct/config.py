@@ -42,7 +42,7 @@ class ReconstructConfig(TypedOptions):
     shorthand: ClassVar[Optional[str]] = "mode"
 
     mode: str = "none"
-    images: int = 1024
+    images: int = 512
     ridge: float = 1e-2
     layers: Tuple[str, ...] = LAYERS
     steps: int = 200
