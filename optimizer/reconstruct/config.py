@@ -1,12 +1,13 @@
 """``ReconstructConfig``: the post-compression reconstruction step every method shares."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Optional, Tuple
 
 from ..compress.config import TypedOptions, check_positive
 
-MODES = ("none", "closed_form", "blockwise", "both")
+MODES = ("none", "closed_form", "blockwise", "both", "auto")
 LAYERS = ("proj", "fc2")
 
 
@@ -23,7 +24,11 @@ class ReconstructConfig(TypedOptions):
                 output maps: attention ``proj`` and MLP ``fc2``; a low-rank layer keeps its rank, fitted
                 as whitened rank-r least squares), an intercept absorbs removed units' mean contribution;
                 "blockwise": Adam on each block's output MSE against the dense block, structure fixed;
-                "both": the closed form, then the block-wise tune from it
+                "both": the closed form, then the block-wise tune from it;
+                "auto": "closed_form" when every block keeps all its tokens, "none" when the model drops
+                tokens or no calibration images are given (the report says which; measured on DeiT-Tiny, benchmarks/results/reconstruct_lab.md: the closed form
+                raised structure-only slim at 0.75 params from 59.5 to 71.5 % val agreement with dense, but
+                lowered the token-dropping slim 0.75 MACs from 88.2 to 87.4 %)
     images      calibration images (evenly spaced over the folder; the whole folder when fewer)
     ridge       λ = ridge · trace(XᵀX) / d_in (centred XᵀX), pulling the re-fit towards the current weights
     layers      which output maps the closed form re-fits
@@ -81,3 +86,10 @@ class ReconstructConfig(TypedOptions):
     @property
     def blockwise(self) -> bool:
         return self.mode in ("blockwise", "both") and self.steps > 0
+
+    def resolved(self, drops_tokens: bool, has_images: bool) -> "ReconstructConfig":
+        """This config with "auto" replaced by what it stands for on a model that does / does not drop
+        tokens, with / without calibration images."""
+        if self.mode != "auto":
+            return self
+        return dataclasses.replace(self, mode="closed_form" if has_images and not drops_tokens else "none")

@@ -67,6 +67,11 @@ def held_out(n: int, fraction: float, seed: int) -> torch.Tensor:
     return mask
 
 
+def drops_tokens(model: nn.Module) -> bool:
+    """True when some block of ``model`` runs on fewer tokens than it receives (a static token drop)."""
+    return any(getattr(b, "token_index", None) is not None for b in getattr(model, "blocks", ()))
+
+
 def _positions(block: nn.Module, previous: list) -> list:
     """Original token positions a block outputs (``previous``: those it receives)."""
     pos = getattr(block, "token_positions", None)
@@ -169,8 +174,10 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
     """
     if not isinstance(cfg, ReconstructConfig):
         raise VitoptError(f"reconstruction needs a ReconstructConfig, got {type(cfg).__name__}")
+    asked = cfg.mode
+    cfg = cfg.resolved(drops_tokens(model), bool(ctx.calib_dir))
     if not cfg.enabled:
-        return {"mode": "none"}
+        return {"mode": "none", **({"asked": asked} if asked != cfg.mode else {})}
     if teacher is None:
         raise VitoptError("reconstruction needs the dense teacher model")
     blocks, dense_blocks = getattr(model, "blocks", None), getattr(teacher, "blocks", None)
@@ -241,6 +248,6 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
             hc = torch.cat([bc(hc[sl]) for sl in _chunks(hc.shape[0], size)])
         hd = hd_next
     model.eval()
-    return {"mode": cfg.mode, "images": n, "held_out": int(held_all.sum()),
+    return {"mode": cfg.mode, **({"asked": asked} if asked != cfg.mode else {}), "images": n, "held_out": int(held_all.sum()),
             "judged_on": "held-out" if bool(held_all.any()) else "fitting images",
             "seconds": round(time.perf_counter() - t0, 2), "blocks": rows}

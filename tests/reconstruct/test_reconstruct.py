@@ -162,3 +162,24 @@ def test_gated_blocks_tune_under_their_gate_decisions(calib_folder, judge_folder
             assert torch.equal(p, gates[n]), n
     assert any(r["kept"] for r in rep["blocks"])
     assert after[-1] < before[-1]
+
+
+def test_auto_is_closed_form_unless_tokens_are_dropped_or_no_images(slim_tiny, calib_folder):
+    from optimizer.methods.slim import slice_model
+    from optimizer.methods.slim.budget import Geometry, solve_budget
+    from tests.slim.test_slim_core import ALL, random_ranking
+    auto = ReconstructConfig(mode="auto", holdout=0.25)
+    rep = reconstruct_model(copy.deepcopy(slim_tiny[0]), slim_tiny[1],
+                            CompressContext(calib_dir=calib_folder, workers=0), auto)
+    assert (rep["mode"], rep["asked"]) == ("closed_form", "auto") and len(rep["blocks"]) == 3
+    assert reconstruct_model(copy.deepcopy(slim_tiny[0]), slim_tiny[1], CompressContext(), auto) == \
+        {"mode": "none", "asked": "auto"}
+    dense = tiny_vit(depth=3)
+    geo = Geometry.of(copy.deepcopy(dense))
+    plan, _ = solve_budget(random_ranking(geo, 7), geo, "macs", 0.55, "per_type", 8, ALL)
+    dropped = slice_model(copy.deepcopy(dense), plan, geo).eval()
+    before = copy.deepcopy(dropped.state_dict())
+    assert reconstruct_model(dropped, dense, CompressContext(calib_dir=calib_folder, workers=0), auto) == \
+        {"mode": "none", "asked": "auto"}
+    for k, v in dropped.state_dict().items():
+        assert torch.equal(v, before[k])
