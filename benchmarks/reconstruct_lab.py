@@ -98,14 +98,18 @@ def _write_part(args, out: dict) -> None:
     write_json(Path(args.parts) / f"row-{args.row}.json", scrub(out))
 
 
-def part_from_log(log_path: str, row: str, command: str) -> dict:
+def part_from_log(log_path: str, row: str, command: str, ratios=(None, None)) -> dict:
     """A part rebuilt from a row's log (its per-mode result lines and per-block lines), for a row process
     stopped before it wrote its part file; the part says so ("source")."""
     import re
-    out = {"row": row, "start": "see the row's command", "macs_ratio": None, "params_ratio": None, "modes": {},
+    out = {"row": row, "start": "see the row's command", "macs_ratio": ratios[0], "params_ratio": ratios[1], "modes": {},
            "command": command, "source": f"log {relative(str(Path(log_path).resolve()))}"}
     blocks: list = []
+    current = None
     for line in Path(log_path).read_text().splitlines():
+        m = re.match(r"reconstruct: (\w+) over", line)
+        if m:
+            current = m.group(1)
         m = re.match(r"reconstruct: block (\d+): held-out error (\S+) -> (\S+) \((.*), (\S+) s\)", line)
         if m:
             kept = [] if m.group(4) == "rolled back" else m.group(4).split("+")
@@ -117,6 +121,10 @@ def part_from_log(log_path: str, row: str, command: str) -> dict:
                                         "cpu_minutes": float(m.group(4)), "blocks_kept": [b["kept"] for b in blocks],
                                         "report": {"blocks": blocks}}
             blocks = []
+    if blocks and current:     # stopped mid-way: the blocks it finished, no model-level result
+        out["modes"][current] = {"agreement": None, "top1": None, "mean_kl": None, "cpu_minutes": None,
+                                 "blocks_kept": [b["kept"] for b in blocks], "stopped_after_blocks": len(blocks),
+                                 "report": {"blocks": blocks}}
     return out
 
 
@@ -147,6 +155,11 @@ def collect(args) -> None:
         for mode, r in p["modes"].items():
             kept = sum(bool(k) for k in r["blocks_kept"]) if r["blocks_kept"] else "-"
             kl = "-" if r.get("mean_kl") is None else f"{r['mean_kl']:.3f}"
+            if r.get("agreement") is None:
+                errs = ", ".join(f"{b['error_before']:.3g}->{b['error_after']:.3g}" for b in r["report"]["blocks"])
+                md.append(f"| {p['row']} | {p['macs_ratio']} | {p['params_ratio']} | {mode} | stopped after "
+                          f"{r['stopped_after_blocks']} of 12 blocks (held-out block errors {errs}) | - | - | - | {kept} |")
+                continue
             md.append(f"| {p['row']} | {p['macs_ratio']} | {p['params_ratio']} | {mode} | {r['agreement']:.1f} | "
                       f"{r['top1']:.1f} | {kl} | {r['cpu_minutes']} | {kept} |")
     md += ["", "Starting points:", ""] + [f"- {p['row']}: {p['start']}" for p in parts]
@@ -161,6 +174,7 @@ def main(argv=None) -> None:
     ap.add_argument("--collect", action="store_true")
     ap.add_argument("--from-log", help="write --row's part from this log (a row stopped before its part file)")
     ap.add_argument("--log-command", default="", help="with --from-log: the command that wrote the log")
+    ap.add_argument("--ratios", help="with --from-log: MACS,PARAMS ratios of the starting point (a log lacks them)")
     ap.add_argument("--parts", default="build/reconstruct_lab")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--images", type=int, default=512)
@@ -178,7 +192,8 @@ def main(argv=None) -> None:
         from optimizer.fileio import write_json
         Path(args.parts).mkdir(parents=True, exist_ok=True)
         return write_json(Path(args.parts) / f"row-{args.row}.json",
-                          scrub(part_from_log(args.from_log, args.row, args.log_command)))
+                          scrub(part_from_log(args.from_log, args.row, args.log_command,
+                                              [float(r) for r in args.ratios.split(",")] if args.ratios else (None, None))))
     if not args.row:
         ap.error("give --row or --collect")
     Path(args.parts).mkdir(parents=True, exist_ok=True)

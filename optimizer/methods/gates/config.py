@@ -45,6 +45,10 @@ class GatesConfig(MethodConfig):
                       moves; off: gate nets frozen, and the MACs follow what the tuned features switch on
     recovery_lr_gates gate-net learning rate in that fine-tune (below lr_gates: decisions that keep
                       flipping leave the backbone nothing stable to adapt to)
+    reconstruct       reconstruction after static pruning, before the fine-tune (the shared
+                      ReconstructConfig; default none: not measured on DeiT-Tiny yet). Gated blocks get
+                      the block-wise mode under their deployed group decisions (gate nets fixed); the closed
+                      form skips their output maps (the gated forward gathers their weights)
     kd_tau            logit distillation temperature (teacher = the model entering this step)
     never_on          a unit on in at most this fraction of calibration groups is removed
     always_on         a unit on in at least this fraction of calibration groups becomes static
