@@ -28,7 +28,8 @@ class ReconstructConfig(TypedOptions):
                 "auto": "closed_form" when every block keeps all its tokens, "none" when the model drops
                 tokens or no calibration images are given (the report says which; measured on DeiT-Tiny, benchmarks/results/reconstruct_lab.md: the closed form
                 raised structure-only slim at 0.75 params from 59.5 to 71.5 % val agreement with dense, but
-                lowered the token-dropping slim 0.75 MACs from 88.2 to 87.4 %)
+                lowered the token-dropping slim 0.75 MACs from 88.2 to 87.4 %; lowrank 0.75 params
+                49.9 -> 59.5 %)
     images      calibration images (evenly spaced over the folder; the whole folder when fewer)
     ridge       λ = ridge · trace(XᵀX) / d_in (centred XᵀX), pulling the re-fit towards the current weights
     layers      which output maps the closed form re-fits
@@ -40,7 +41,9 @@ class ReconstructConfig(TypedOptions):
     seed        held-out split and batch order (None: the compress context's seed)
 
     Defaults per method are set by the method configs from measurements on DeiT-Tiny
-    (benchmarks/results/reconstruct_lab.md).
+    (benchmarks/results/reconstruct_lab.md): slim and lowrank "auto", gates "none" (not measured).
+    Block-wise was not measured at model level on DeiT-Tiny yet (per-block held-out errors only), so
+    no default turns it on.
     """
 
     what: ClassVar[str] = "reconstruct"
