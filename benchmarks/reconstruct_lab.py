@@ -155,8 +155,8 @@ def collect(args) -> None:
           "the dense model's. CPU minutes: process CPU time of the reconstruction (all threads), "
           "measured while other jobs shared the 2 cores. Settings: ReconstructConfig defaults (512 images, "
           "ridge 1e-2 of the mean input variance, proj + fc2) unless a row command says otherwise; the block-wise "
-          "rows ran 50 Adam steps per block (lr 1e-4, batch 32), not the 200 of the issue's lab check, and "
-          "were stopped at the session's end: their held-out block errors are shown, not a model result.", "",
+          "rows ran 50 Adam steps per block (lr 1e-4, batch 32), not the 200 of the issue's lab check; rows "
+          "marked stopped ended with the session: their held-out block errors are shown, not a model result.", "",
           "| start | MACs | params | mode | agreement % | top-1 % | mean KL | CPU min | blocks kept |",
           "|---|---|---|---|---|---|---|---|---|"]
     for p in parts:
