@@ -42,8 +42,8 @@ class ReconstructConfig(TypedOptions):
 
     Defaults per method are set by the method configs from measurements on DeiT-Tiny
     (benchmarks/results/reconstruct_lab.md): slim and lowrank "auto", gates "none" (not measured).
-    Block-wise was not measured at model level on DeiT-Tiny yet (per-block held-out errors only), so
-    no default turns it on.
+    Block-wise (50 steps/block) was measured at the session's end: lowrank 0.75 params 66.8 % (closed
+    form 59.5 %), slim structure-only 71.3 % (closed form 71.5 %); no default turns it on yet.
     """
 
     what: ClassVar[str] = "reconstruct"
