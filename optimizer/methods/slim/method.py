@@ -11,6 +11,7 @@ from ...compress.registry import StepResult
 from ...counting import count_macs
 from ...errors import VitoptError
 from ..merge.slim_mode import slim_with_merging, uses_merging
+from ...reconstruct import reconstruct_model
 from .baseline import magnitude_importance, taylor_importance
 from .budget import Geometry, Ranking, plan_counts, solve_budget
 from .config import SlimConfig
@@ -67,12 +68,20 @@ def apply(model, cfg: SlimConfig, ctx) -> StepResult:
         teacher = copy.deepcopy(model).eval()
     geo = Geometry.of(model)
     res = importance_of(model, cfg, ctx, teacher)
-    if uses_merging(cfg):   # widths + merge schedule; recovery runs before the merge
-        model, structure, report = slim_with_merging(model, res, cfg, geo, ctx, teacher,
-                                                     lambda m: recover_model(m, teacher, ctx, cfg))
+    repaired: dict = {}
+
+    def repair(m):
+        """Reconstruction, then the gradient recovery, on the sliced model (before any merge: the
+        reconstruction propagates one token sequence per block)."""
+        repaired["reconstruct"] = reconstruct_model(m, teacher, ctx, cfg.reconstruct)
+        return recover_model(m, teacher, ctx, cfg)
+
+    if uses_merging(cfg):   # widths + merge schedule; repaired before the merge
+        model, structure, report = slim_with_merging(model, res, cfg, geo, ctx, teacher, repair)
     else:
         model, structure, report = slim_from_importance(model, res, cfg, geo)
-        report["recovery"] = recover_model(model, teacher, ctx, cfg)
+        report["recovery"] = repair(model)
+    report["reconstruct"] = repaired["reconstruct"]
     report["importance"] = {"kind": res.importance, **res.report}
     report["seconds"] = round(time.perf_counter() - t0, 1)
     model.eval()
