@@ -1,0 +1,58 @@
+"""benchmarks/reconstruct.py's row cache: a finished row is not recomputed; a changed row is."""
+
+
+def _specs():
+    return {"a": {"steps": [{"method": "slim", "macs_ratio": 0.75, "recovery": "none"}]},
+            "b": {"steps": [{"method": "lowrank", "params_ratio": 0.75, "recovery": "default"}]}}
+
+
+def test_finished_rows_are_read_back_not_recomputed(tmp_path):
+    from reconstruct import run_rows
+    calls = []
+
+    def compute(name, spec):
+        calls.append(name)
+        return {"agreement": len(calls)}
+    ctx = {"images": 64}
+    first = run_rows(["a", "b"], _specs(), compute, tmp_path, ctx, log=lambda s: None)
+    again = run_rows(["a", "b"], _specs(), compute, tmp_path, ctx, log=lambda s: None)
+    assert calls == ["a", "b"]
+    assert again == first == {"a": {"agreement": 1}, "b": {"agreement": 2}}
+
+
+def test_a_row_with_other_configs_or_images_is_recomputed(tmp_path):
+    from reconstruct import run_rows
+    calls = []
+
+    def compute(name, spec):
+        calls.append(name)
+        return {"n": len(calls)}
+    run_rows(["a", "b"], _specs(), compute, tmp_path, {"images": 64}, log=lambda s: None)
+    specs = _specs()
+    specs["a"]["steps"][0]["macs_ratio"] = 0.5
+    run_rows(["a", "b"], specs, compute, tmp_path, {"images": 64}, log=lambda s: None)
+    run_rows(["b"], specs, compute, tmp_path, {"images": 128}, log=lambda s: None)
+    assert calls == ["a", "b", "a", "b"]
+
+
+def test_a_killed_row_leaves_the_finished_ones_cached(tmp_path):
+    import pytest
+    from reconstruct import run_rows
+    calls = []
+
+    def compute(name, spec):
+        calls.append(name)
+        if name == "b" and calls.count("b") == 1:
+            raise KeyboardInterrupt   # killed while computing b
+        return {"ok": name}
+    with pytest.raises(KeyboardInterrupt):
+        run_rows(["a", "b"], _specs(), compute, tmp_path, {}, log=lambda s: None)
+    out = run_rows(["a", "b"], _specs(), compute, tmp_path, {}, log=lambda s: None)
+    assert calls == ["a", "b", "b"] and out == {"a": {"ok": "a"}, "b": {"ok": "b"}}
+
+
+def test_default_fine_tune_is_spelled_out_in_the_key():
+    from reconstruct import fine_tune_options, resolve_steps
+    steps = resolve_steps([{"method": "lowrank", "params_ratio": 0.75, "recovery": "default"}])
+    assert steps[0]["recovery"] == fine_tune_options()
+    assert fine_tune_options()["loss"] != "none" and fine_tune_options()["epochs"] > 0
