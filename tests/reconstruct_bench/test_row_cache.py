@@ -56,3 +56,19 @@ def test_default_fine_tune_is_spelled_out_in_the_key():
     steps = resolve_steps([{"method": "lowrank", "params_ratio": 0.75, "recovery": "default"}])
     assert steps[0]["recovery"] == fine_tune_options()
     assert fine_tune_options()["loss"] != "none" and fine_tune_options()["epochs"] > 0
+
+
+def test_calibration_subset_is_a_seeded_sample_with_labels(image_folder, tmp_path):
+    from reconstruct import calibration_folder
+    from optimizer.data.folder import ImageFolderData
+    full = ImageFolderData(image_folder, None)
+    assert calibration_folder(str(image_folder), None, 0, tmp_path) == str(image_folder)
+    assert calibration_folder(str(image_folder), len(full), 0, tmp_path) == str(image_folder)
+    sub = calibration_folder(str(image_folder), 3, 0, tmp_path / "a")
+    again = calibration_folder(str(image_folder), 3, 0, tmp_path / "b")
+    part = ImageFolderData(sub, None)
+    names = lambda d: sorted((p.parent.name, p.name) for p, _ in d.samples)
+    assert len(part) == 3 and names(part) == names(ImageFolderData(again, None))
+    # labels resolve through the synset list beside the original folder, as for the full one
+    label = {(p.parent.name, p.name): y for p, y in full.samples}
+    assert all(label[(p.parent.name, p.name)] == y for p, y in part.samples)
