@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ...compress.config import MethodConfig, RecoveryConfig, check_positive, check_ratio
+from ...reconstruct.config import ReconstructConfig
 
 ESTIMATORS = ("ste", "gumbel")
 
@@ -72,6 +73,7 @@ class GatesConfig(MethodConfig):
     lr_gates: float = 1e-2
     lr_backbone: float = 0.0
     recovery: RecoveryConfig = field(default_factory=lambda: RecoveryConfig(loss="logit", lr=1e-5))
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     recovery_gates: bool = True
     recovery_lr_gates: float = 1e-3
     kd_tau: float = 1.0
@@ -111,6 +113,8 @@ class GatesConfig(MethodConfig):
         check_positive("lr_backbone", self.lr_backbone, allow_zero=True)
         if not isinstance(self.recovery, RecoveryConfig):
             raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
+        if not isinstance(self.reconstruct, ReconstructConfig):
+            raise ValueError(f"reconstruct must be a ReconstructConfig, got {self.reconstruct!r}")
         if self.recovery.enabled and self.recovery.lr is None:
             raise ValueError("recovery.lr must be given: the gate nets' learning rate is set relative to it")
         check_positive("recovery_lr_gates", self.recovery_lr_gates)

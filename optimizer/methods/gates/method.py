@@ -8,6 +8,7 @@ import torch
 from ...compress.registry import CompressContext, StepResult
 from ...counting import count_macs, count_params
 from ...errors import VitoptError
+from ...reconstruct import reconstruct_model
 from .config import GatesConfig
 from .convert import gate_model, gate_summary, rebuild_gated, static_prune, structure_of
 from .modules import gated_modules, group_schedule, set_estimator, set_forced_gates, set_group_sizes
@@ -56,6 +57,7 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
     pruned = static_prune(model, cfg.never_on, cfg.always_on)
     log(f"gates: calibration active fraction {active}; static pruning {pruned}")
 
+    reconstruct = reconstruct_model(model, teacher, ctx, cfg.reconstruct)
     finetune = None
     if cfg.recovery.enabled:
         finetune = _finetune(model, teacher, ctx, cfg, dense.macs)
@@ -78,7 +80,7 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
                            for p in m.gate_net.parameters()),
         "max_macs": upper, "max_macs_ratio": round(upper / dense.macs, 4),
         "calib_active_fraction": active, "static": pruned, "gates": gate_summary(model),
-        "train": train_report, "finetune": finetune,
+        "train": train_report, "reconstruct": reconstruct, "finetune": finetune,
     }
     model.eval()
     return StepResult(model, structure_of(model), report)

@@ -26,6 +26,7 @@ from ...errors import VitoptError
 from .allocate import DENSE, LayerCost, allocate_ranks, saving_rank
 from .calibrate import cached_dense_pass, pair_grams, run_block
 from .compensate import closed_form, compensate_adam, unwhiten, whitened_target
+from ...reconstruct import reconstruct_model
 from .config import LowRankConfig
 from .module import LowRankLinear, lowrank_structure, merge_for_export, set_submodule
 from .svd import Whitening, output_error, tail_energy, whitened_svd, whitening
@@ -365,9 +366,12 @@ def calibration_batches(ctx, model, cfg: LowRankConfig):
 def apply(model, cfg: LowRankConfig, ctx) -> StepResult:
     """Registered transform: factorise, then optionally fine-tune from the dense teacher."""
     model.eval().to(ctx.device)
+    # reconstruction compares with the model entering this step when no dense teacher is given
+    teacher = ctx.teacher if ctx.teacher is not None or not cfg.reconstruct.enabled else copy.deepcopy(model)
     key = {"calib": str(ctx.calib_dir), "images": cfg.calib_images, "batch_size": cfg.batch_size}
     model, structure, report = factorize_linears(model, cfg, calibration_batches(ctx, model, cfg),
                                                  log=ctx.log, seed=ctx.seed, cache_dir=ctx.work_dir, cache_key=key)
+    report["reconstruct"] = reconstruct_model(model, teacher, ctx, cfg.reconstruct)
     if cfg.recovery.enabled:
         from ...distill import recover
         if ctx.teacher is None:

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 from ...compress.config import MethodConfig, RecoveryConfig, check_positive, check_ratio
+from ...reconstruct.config import ReconstructConfig
 
 LAYER_KINDS = ("qkv", "proj", "fc1", "fc2")
 SOLVERS = ("adam", "closed")
@@ -84,6 +85,7 @@ class LowRankConfig(MethodConfig):
     batch_size: int = 32
     merge: bool = True
     recovery: RecoveryConfig = dataclasses.field(default_factory=RecoveryConfig)
+    reconstruct: ReconstructConfig = dataclasses.field(default_factory=ReconstructConfig)
 
     def __post_init__(self):
         if sum(r is not None for r in (self.params_ratio, self.macs_ratio, self.latency_ratio)) != 1:
@@ -123,6 +125,8 @@ class LowRankConfig(MethodConfig):
         check_positive("batch_size", self.batch_size)
         if not isinstance(self.recovery, RecoveryConfig):
             raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
+        if not isinstance(self.reconstruct, ReconstructConfig):
+            raise ValueError(f"reconstruct must be a ReconstructConfig, got {self.reconstruct!r}")
 
     @property
     def budget_kind(self) -> str:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ...compress.config import MethodConfig, RecoveryConfig, check_positive, check_ratio
+from ...reconstruct.config import ReconstructConfig
 
 IMPORTANCES = ("learned", "taylor", "magnitude")
 RANKINGS = ("global", "per_type")
@@ -53,6 +54,7 @@ class SlimConfig(MethodConfig):
     baseline_batches: int = 8
     recovery: RecoveryConfig = field(default_factory=lambda: RecoveryConfig(
         loss="manifold", epochs=1.0, lr=1e-4, batch_size=32, augment=True, holdout=0.1))
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
 
     def __post_init__(self):
         if (self.macs_ratio is None) == (self.params_ratio is None):
@@ -74,6 +76,8 @@ class SlimConfig(MethodConfig):
             check_positive(name, getattr(self, name))
         if not isinstance(self.recovery, RecoveryConfig):
             raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
+        if not isinstance(self.reconstruct, ReconstructConfig):
+            raise ValueError(f"reconstruct must be a ReconstructConfig, got {self.reconstruct!r}")
         for name in ("batch_size", "checkpoint_every", "baseline_batches"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:

@@ -12,6 +12,7 @@ from ...counting import count_macs
 from ...errors import VitoptError
 from .baseline import magnitude_importance, taylor_importance
 from .budget import Geometry, Ranking, plan_counts, solve_budget
+from ...reconstruct import reconstruct_model
 from .config import SlimConfig
 from .recovery import recover_model
 from .search import SearchResult, search_masks
@@ -68,6 +69,7 @@ def apply(model, cfg: SlimConfig, ctx) -> StepResult:
     res = importance_of(model, cfg, ctx, teacher)
     model, structure, report = slim_from_importance(model, res, cfg, geo)
     report["importance"] = {"kind": res.importance, **res.report}
+    report["reconstruct"] = reconstruct_model(model, teacher, ctx, cfg.reconstruct)
     report["recovery"] = recover_model(model, teacher, ctx, cfg)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     model.eval()

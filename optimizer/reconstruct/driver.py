@@ -1,0 +1,246 @@
+"""``reconstruct_model``: the block-by-block driver of the reconstruction step.
+
+Order of work (all under ``torch.no_grad`` except the block-wise tune):
+1. the calibration images (evenly spaced, this rank's share) are read once; the compressed model's
+   and the dense teacher's block-0 inputs are kept (activations: N × tokens × dim per model);
+2. per block: the dense block's output is the target, at the compressed block's kept token
+   positions (``PrunedBlock.token_positions``); the compressed block's input is what the already
+   reconstructed blocks before it produce, so each block also corrects the drift of those before;
+3. closed form: ``attn.proj`` is fitted so that the block's mid residual matches the dense one
+   (target = dense mid residual − compressed block input), then ``mlp.fc2`` so that the block output
+   matches (target = dense output − compressed mid residual), each by ridge least squares from
+   streamed statistics (``stats``/``closed_form``);
+4. block-wise: Adam on the block output MSE (``blockwise``);
+5. every update is kept only when the block's output error on the held-out images fell; then the
+   compressed inputs move on through the block.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.nn as nn
+
+from ..distributed import all_reduce_sum, is_main, rank_world, shard_indices
+from ..errors import VitoptError
+from .blockwise import tune_block
+from .closed_form import refit_layer
+from .config import ReconstructConfig
+from .stats import LinearStats
+
+# output maps the closed form can re-fit: config name -> (branch module, layer, layer-scale module)
+_LAYERS = {"proj": ("attn", "proj", "ls1"), "fc2": ("mlp", "fc2", "ls2")}
+
+
+def calibration_images(ctx, model, count: int, batch_size: int) -> tuple:
+    """This rank's share of ``count`` evenly spaced images of ``ctx.calib_dir`` (eval transform), in batches;
+    returns ([(global image indices, images)], number of images over all ranks)."""
+    from torch.utils.data import DataLoader, Subset
+    from ..data.folder import ImageFolderData, collate, eval_transform
+    if not ctx.calib_dir:
+        raise VitoptError("reconstruction needs calibration images (--calib DIR)")
+    ds = ImageFolderData(ctx.calib_dir, eval_transform(model), synsets=ctx.synsets, labeled=False)
+    n = min(count, len(ds))
+    if n == 0:
+        raise VitoptError(f"no images in {ctx.calib_dir} to reconstruct from")
+    mine = shard_indices(n)
+    spaced = [int(i * len(ds) / n) for i in mine]
+    loader = DataLoader(Subset(ds, spaced), batch_size=batch_size, shuffle=False, num_workers=ctx.workers,
+                        collate_fn=collate)
+    out, start = [], 0
+    for batch in loader:
+        k = batch.images.shape[0]
+        out.append((torch.as_tensor(mine[start:start + k]), batch.images))
+        start += k
+    return out, n
+
+
+def held_out(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """Boolean mask over the ``n`` global image indices: a seeded ``fraction`` of them held out."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    k = int(round(n * fraction))
+    if k:
+        g = torch.Generator()
+        g.manual_seed(seed)
+        mask[torch.randperm(n, generator=g)[:k]] = True
+    return mask
+
+
+def _positions(block: nn.Module, previous: list) -> list:
+    """Original token positions a block outputs (``previous``: those it receives)."""
+    pos = getattr(block, "token_positions", None)
+    if pos is not None:
+        return list(pos)
+    if getattr(block, "token_index", None) is not None:
+        raise VitoptError("a token-pruned block without token_positions cannot be matched to the dense model")
+    return previous
+
+
+def _select(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    idx = getattr(block, "token_index", None)
+    return h if idx is None else h.index_select(1, idx)
+
+
+def _mid(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The residual stream after the attention branch (x: the block's token-selected input)."""
+    return x + block.ls1(block.attn(block.norm1(x)))
+
+
+class _Capture:
+    """Records the input of ``module`` on each forward (a pre-hook), for one ``with`` block."""
+
+    def __init__(self, module: nn.Module):
+        self.module, self.x = module, None
+
+    def __enter__(self):
+        self.h = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def _hook(self, m, args):
+        self.x = args[0].detach()
+
+    def __exit__(self, *exc):
+        self.h.remove()
+
+
+def _chunks(n: int, size: int):
+    for s in range(0, n, size):
+        yield slice(s, min(n, s + size))
+
+
+@torch.no_grad()
+def _error(block, hc, target, size) -> float:
+    """Relative squared output error ‖block(hc) − target‖² / ‖target‖², summed over all ranks."""
+    t = torch.zeros(2, dtype=torch.float64)
+    for sl in _chunks(hc.shape[0], size):
+        y, tg = block(hc[sl]), target[sl]
+        t[0] += float(((y - tg).double() ** 2).sum())
+        t[1] += float((tg.double() ** 2).sum())
+    all_reduce_sum(t)
+    return float(t[0] / t[1]) if t[1] > 0 else 0.0
+
+
+@torch.no_grad()
+def _refit(block, name, hc, hd, target, dense, token_idx, size, ridge) -> dict:
+    """Closed-form re-fit of one output map of ``block`` on the fitting images (``target``: the dense
+    block's output at the kept positions); returns its report."""
+    branch, layer_name, ls_name = _LAYERS[name]
+    layer = getattr(getattr(block, branch), layer_name, None)
+    if layer is None or not isinstance(getattr(block, ls_name, None), nn.Identity):
+        return {"skipped": "no such layer, or a layer scale between it and the residual"}
+    stats = None
+    with _Capture(layer) as cap:
+        for sl in _chunks(hc.shape[0], size):
+            x = _select(block, hc[sl])
+            cap.x = None
+            if name == "proj":
+                block.attn(block.norm1(x))
+                tg = _mid(dense, hd[sl])[:, token_idx] - x
+            else:
+                m = _mid(block, x)
+                block.mlp(block.norm2(m))
+                tg = target[sl] - m
+            if cap.x is None:
+                return {"skipped": f"{name} is not called as a layer (e.g. gathered by gates)"}
+            if stats is None:
+                stats = LinearStats(cap.x.shape[-1], tg.shape[-1])
+            stats.add(cap.x, tg)
+    if stats is None:
+        stats = LinearStats(layer.in_features, layer.out_features)   # no images on this rank
+    stats.reduce()
+    return refit_layer(layer, stats, ridge)
+
+
+def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: ReconstructConfig) -> dict:
+    """Reconstruct ``model`` (in place) block by block towards the dense ``teacher`` on ``ctx.calib_dir``.
+
+    Args:
+        model: the compressed timm-style ViT (``.blocks``), as a method's structural step left it.
+        teacher: the model that entered the compression (frozen; same number of blocks).
+        ctx: ``CompressContext`` (calib_dir, device, workers, seed, log, synsets).
+        cfg: ``ReconstructConfig``; mode "none" returns at once.
+    Returns:
+        report: mode, images, held-out images, seconds, and per block the held-out error before and
+        after each stage, whether it was kept, and seconds.
+    Raises:
+        VitoptError without images or teacher, or when block counts / token positions do not match.
+    Example: ``reconstruct_model(slim, dense, CompressContext(calib_dir="train/"), ReconstructConfig(mode="both"))``
+    """
+    if not isinstance(cfg, ReconstructConfig):
+        raise VitoptError(f"reconstruction needs a ReconstructConfig, got {type(cfg).__name__}")
+    if not cfg.enabled:
+        return {"mode": "none"}
+    if teacher is None:
+        raise VitoptError("reconstruction needs the dense teacher model")
+    blocks, dense_blocks = getattr(model, "blocks", None), getattr(teacher, "blocks", None)
+    if blocks is None or dense_blocks is None or len(blocks) != len(dense_blocks):
+        raise VitoptError("reconstruction needs the compressed and the dense model to have the same blocks")
+    from ..methods.lowrank.calibrate import capture_input
+    from ..progress import progress
+    t0 = time.perf_counter()
+    log = ctx.log if ctx.log is not None and is_main() else (lambda s: None)
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    device = torch.device(ctx.device)
+    model.eval().to(device)
+    teacher.eval().to(device)
+    batches, n = calibration_images(ctx, model, cfg.images, cfg.batch_size)
+    held_all = held_out(n, cfg.holdout, seed)
+    with torch.no_grad():
+        hc = torch.cat([capture_input(model, "blocks.0", x.to(device)) for _, x in batches])
+        hd = torch.cat([capture_input(teacher, "blocks.0", x.to(device)) for _, x in batches])
+    index = torch.cat([i for i, _ in batches]) if batches else torch.zeros(0, dtype=torch.long)
+    held = held_all[index].to(device)
+    fit = ~held if bool(held_all.any()) else torch.ones_like(held)
+    pos_c = pos_d = list(range(hc.shape[1]))
+    size = cfg.batch_size
+    rows = []
+    log(f"reconstruct: {cfg.mode} over {len(blocks)} blocks, {n} images ({int(held_all.sum())} held out)")
+    for i in progress(range(len(blocks)), desc="reconstruct"):
+        tb = time.perf_counter()
+        bc, bd = blocks[i], dense_blocks[i]
+        pos_c, pos_d = _positions(bc, pos_c), _positions(bd, pos_d)
+        where = {p: j for j, p in enumerate(pos_d)}
+        if any(p not in where for p in pos_c):
+            raise VitoptError(f"block {i} keeps tokens the dense block does not output: cannot compare them")
+        token_idx = torch.as_tensor([where[p] for p in pos_c], device=device)
+        with torch.no_grad():
+            hd_next = torch.cat([bd(hd[sl]) for sl in _chunks(hd.shape[0], size)])
+            target = hd_next[:, token_idx]
+        judge = held if bool(held_all.any()) else fit
+        err = _error(bc, hc[judge], target[judge], size)
+        row = {"block": i, "error_before": err}
+        kept = []
+        if cfg.closed_form:
+            saved = copy.deepcopy(bc.state_dict())
+            hf, df, tf = hc[fit], hd[fit], target[fit]
+            info = {name: _refit(bc, name, hf, df, tf, bd, token_idx, size, cfg.ridge) for name in cfg.layers}
+            del hf, df, tf
+            e = _error(bc, hc[judge], target[judge], size)
+            row["closed_form"] = {"error": e, "layers": info}
+            if e < err or not bool(held_all.any()):
+                err = e
+                kept.append("closed_form")
+            else:
+                bc.load_state_dict(saved)
+        if cfg.blockwise:
+            saved = copy.deepcopy(bc.state_dict())
+            info = tune_block(bc, hc[fit], target[fit], cfg.steps, cfg.lr, size, seed * 100003 + i * 101 + rank_world()[0])
+            e = _error(bc, hc[judge], target[judge], size)
+            row["blockwise"] = {"error": e, **info}
+            if e < err or not bool(held_all.any()):
+                err = e
+                kept.append("blockwise")
+            else:
+                bc.load_state_dict(saved)
+        row.update(error_after=err, kept=kept, seconds=round(time.perf_counter() - tb, 2))
+        rows.append(row)
+        log(f"reconstruct: block {i}: held-out error {row['error_before']:.4g} -> {err:.4g} "
+            f"({'+'.join(kept) or 'rolled back'}, {row['seconds']} s)")
+        with torch.no_grad():
+            hc = torch.cat([bc(hc[sl]) for sl in _chunks(hc.shape[0], size)])
+        hd = hd_next
+    model.eval()
+    return {"mode": cfg.mode, "images": n, "held_out": int(held_all.sum()),
+            "judged_on": "held-out" if bool(held_all.any()) else "fitting images",
+            "seconds": round(time.perf_counter() - t0, 2), "blocks": rows}
