@@ -77,6 +77,23 @@ ROWS = {
     "slim-macs0.75-gates-macs0.6-ft": {"steps": [{"method": "slim", "macs_ratio": 0.75, "recovery": NO_FT},
                                                  {"method": "gates", "macs_ratio": 0.6}],
                                        "eval_batches": [1, 64]},
+    # reconstruction (optimizer/reconstruct, h-recon): block-wise, the lab's lever for structure removal
+    "slim-params0.75-recon": {"steps": [{"method": "slim", "params_ratio": 0.75, "recovery": NO_FT,
+                                         "reconstruct": "blockwise"}]},
+    "lowrank-params0.75-recon": {"steps": [{"method": "lowrank", "params_ratio": 0.75, "recovery": NO_FT,
+                                            "reconstruct": "blockwise"}]},
+    "slim-macs0.75-recon": {"steps": [{"method": "slim", "macs_ratio": 0.75, "recovery": NO_FT,
+                                       "reconstruct": "blockwise"}]},
+    "slim-macs0.5-recon": {"steps": [{"method": "slim", "macs_ratio": 0.5, "recovery": NO_FT,
+                                      "reconstruct": "blockwise"}]},
+    "lowrank-params0.6-recon": {"steps": [{"method": "lowrank", "params_ratio": 0.6, "recovery": NO_FT,
+                                           "reconstruct": "blockwise"}]},
+    "slim-params0.75-recon-ft": {"steps": [{"method": "slim", "params_ratio": 0.75, "recovery": FT,
+                                            "reconstruct": "blockwise"}]},
+    "lowrank-params0.75-recon-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.75, "recovery": FT,
+                                               "reconstruct": "blockwise"}]},
+    # token merging (h-merge; not merged here: its branch conflicts with h-recon in slim's config), e.g.
+    # "slim-macs0.75-merge": {"steps": [{"method": "slim", "macs_ratio": 0.75, "token_mode": "merge", "recovery": NO_FT}]},
 }
 EVAL_BATCH = 64
 MACS_IMAGES = 64          # val images the executed MACs are averaged over (input-adaptive rows)
