@@ -345,6 +345,7 @@ def report_lines(rows: dict, names: list, args, prov: dict) -> list:
              "included, evaluation not; the machine is shared, so they are upper bounds. FT = slim's default "
              f"fine-tune ({json.dumps(fine_tune_options())}); Torch-Pruning rows get the same one through "
              "optimizer.distill.recover.", "",
+             *([f"**Note:** {args.note}", ""] if args.note else []),
              "| row | steps | batch | MACs ratio | params ratio | agreement % ± SE | top-1 % | Δ top-1 ± SE | CPU min |",
              "|---" * 9 + "|"]
     for name in names:
@@ -401,7 +402,7 @@ def write_report(done: dict, context: dict, args) -> list:
     rows.update(done)
     prov = provenance()
     commands = [c for c in prev.get("commands", []) if c != prov["command"]] + [prov["command"]]
-    data = {"context": context, "rows": rows, "not_yet_measured": [n for n in ROWS if n not in rows],
+    data = {"context": context, "note": args.note or prev.get("note"), "rows": rows, "not_yet_measured": [n for n in ROWS if n not in rows],
             "commands": commands}
     lines = report_lines(rows, list(ROWS), args, prov)
     lines += ["", "Commands that made these rows: " + "; ".join(f"`{c}`" for c in commands)]
@@ -421,6 +422,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=None, help="calibration images (default: the whole train split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--note", default="", help="a line the report prints under its title (how the rows were run)")
     p.add_argument("--list", action="store_true", help="print the row names and their configs, run nothing")
     args = p.parse_args(argv)
     if args.list:
