@@ -56,9 +56,25 @@ def paired_difference(a: dict, b: dict) -> Optional[tuple]:
     n = len(pairs)
     if n < 2:
         return None
-    d = [int(x) - int(y) for x, y in pairs]
-    mean = sum(d) / n
-    var = sum((v - mean) ** 2 for v in d) / (n - 1)
+    return _mean_and_se([int(x) - int(y) for x, y in pairs])
+
+
+def agreement_standard_error(per_image: dict) -> Optional[float]:
+    """Standard error (points) of the agreement with the reference, from a ``per_image`` record: both
+    models saw the same images, so it is the standard error of the mean of the per-image agree bits.
+
+    None without a reference or with fewer than two images."""
+    agree = (per_image or {}).get("agree") or ""
+    if len(agree) < 2:
+        return None
+    return _mean_and_se([int(c == "1") for c in agree])[1]
+
+
+def _mean_and_se(values: Sequence[int]) -> tuple:
+    """(mean, standard error of the mean), both in points (x100), of 0/±1 per-image values."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return 100.0 * mean, 100.0 * math.sqrt(var / n)
 
 
