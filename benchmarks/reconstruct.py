@@ -307,7 +307,7 @@ def compute_row(name: str, spec: dict, dense, calib: str, work: Path, args) -> d
         elif steps[0]["method"] == PEER:
             if len(steps) != 1:
                 raise VitoptError(f"row {name}: a Torch-Pruning row has exactly one step")
-            model, recipe = compress_peer(steps[0], dense, calib, args)
+            model, recipe = compress_peer(resolve_steps(steps)[0], dense, calib, args)
         else:
             model, recipe = compress_vitopt(steps, dense, calib, work, row_dir, args)
     res = {"steps": resolve_steps(steps), "recipe": [{k: s.get(k) for k in ("method", "config", "report")}
