@@ -307,7 +307,7 @@ def compute_row(name: str, spec: dict, dense, calib: str, work: Path, args) -> d
         elif steps[0]["method"] == PEER:
             if len(steps) != 1:
                 raise VitoptError(f"row {name}: a Torch-Pruning row has exactly one step")
-            model, recipe = compress_peer(steps[0], dense, calib, args)
+            model, recipe = compress_peer(resolve_steps(steps)[0], dense, calib, args)
         else:
             model, recipe = compress_vitopt(steps, dense, calib, work, row_dir, args)
     res = {"steps": resolve_steps(steps), "recipe": [{k: s.get(k) for k in ("method", "config", "report")}
@@ -342,7 +342,9 @@ def report_lines(rows: dict, names: list, args, prov: dict) -> list:
              "top-1 minus dense top-1 on the same images ± paired standard error. MACs / params ratios: "
              "optimizer.counting on what executes (input-adaptive rows per inference batch). CPU min: process "
              "CPU time (all cores, data-loader workers included) of the compression, search and fine-tune "
-             "included, evaluation not; the machine is shared, so they are upper bounds. FT = slim's default "
+             "included, evaluation not (work shared between rows, e.g. the one slim mask search, is counted in the "
+             "first row that ran it: later slim rows show only their slicing / fine-tune); the machine is "
+             "shared, so they are upper bounds. FT = slim's default "
              f"fine-tune ({json.dumps(fine_tune_options())}); Torch-Pruning rows get the same one through "
              "optimizer.distill.recover.", "",
              *([f"**Note:** {args.note}", ""] if args.note else []),
