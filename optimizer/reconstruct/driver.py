@@ -46,14 +46,24 @@ def calibration_images(ctx, model, count: int, batch_size: int) -> tuple:
         raise VitoptError(f"no images in {ctx.calib_dir} to reconstruct from")
     mine = shard_indices(n)
     spaced = [int(i * len(ds) / n) for i in mine]
-    loader = DataLoader(Subset(ds, spaced), batch_size=batch_size, shuffle=False, num_workers=ctx.workers,
-                        collate_fn=collate)
-    out, start = [], 0
-    for batch in loader:
-        k = batch.images.shape[0]
-        out.append((torch.as_tensor(mine[start:start + k]), batch.images))
-        start += k
-    return out, n
+    loader = DataLoader(_Indexed(Subset(ds, spaced), mine), batch_size=batch_size, shuffle=False,
+                        num_workers=ctx.workers, collate_fn=collate)
+    # an unreadable image is dropped from its batch: the indices come with the readable ones, so the
+    # held-out split (over global indices) stays the same on any number of processes
+    return [(torch.as_tensor(b.indices, dtype=torch.long), b.images) for b in loader if b.images.shape[0]], n
+
+
+class _Indexed:
+    """A dataset's items with their global calibration index appended (``Batch.indices``)."""
+
+    def __init__(self, data, index: list):
+        self.data, self.index = data, index
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, j: int):
+        return (*self.data[j][:3], self.index[j])
 
 
 def held_out(n: int, fraction: float, seed: int) -> torch.Tensor:

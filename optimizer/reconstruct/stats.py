@@ -30,8 +30,8 @@ class LinearStats:
         """Add rows of ``x`` (…, d_in) and ``y`` (…, d_out)."""
         x = x.detach().reshape(-1, self.xx.shape[0])
         y = y.detach().reshape(-1, self.xy.shape[1])
-        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-        x, y = x.to(dt), y.to(dt)
+        # float64 products: sums over differently split batches (ranks, chunk sizes) then agree to rounding
+        x, y = x.double(), y.double()
         self.xx += (x.T @ x).cpu().double()
         self.xy += (x.T @ y).cpu().double()
         self.sx += x.sum(0).cpu().double()
