@@ -39,6 +39,10 @@ from _harness import SHARED, provenance, relative, write_result  # noqa: E402
 ARCH = "deit_tiny_patch16_224"
 FT = "default"   # a row's ``recovery: FT`` = the default fine-tune of slim (one epoch manifold KD, 10 % held out)
 NO_FT = "none"
+NO_RECON = "none"
+# rows named without -cf / -recon: the structural step alone (no reconstruction), without / with fine-tune
+BARE = {"recovery": NO_FT, "reconstruct": NO_RECON}
+FT_ONLY = {"recovery": FT, "reconstruct": NO_RECON}
 PEER = "torch-pruning"
 
 # name -> {"steps": [method configs]} (+ "eval_batches" for input-adaptive rows); priority order
@@ -46,36 +50,36 @@ ROWS = {
     "dense": {"steps": []},
     "tp-taylor-macs0.75": {"steps": [{"method": PEER, "importance": "taylor", "macs_ratio": 0.75}]},
     "tp-taylor-macs0.5": {"steps": [{"method": PEER, "importance": "taylor", "macs_ratio": 0.5}]},
-    "slim-macs0.75": {"steps": [{"method": "slim", "macs_ratio": 0.75, "recovery": NO_FT}]},
-    "slim-macs0.5": {"steps": [{"method": "slim", "macs_ratio": 0.5, "recovery": NO_FT}]},
-    "lowrank-params0.75": {"steps": [{"method": "lowrank", "params_ratio": 0.75, "recovery": NO_FT}]},
+    "slim-macs0.75": {"steps": [{"method": "slim", "macs_ratio": 0.75, **BARE}]},
+    "slim-macs0.5": {"steps": [{"method": "slim", "macs_ratio": 0.5, **BARE}]},
+    "lowrank-params0.75": {"steps": [{"method": "lowrank", "params_ratio": 0.75, **BARE}]},
     "tp-taylor-macs0.75-ft": {"steps": [{"method": PEER, "importance": "taylor", "macs_ratio": 0.75, "recovery": FT}]},
-    "slim-macs0.75-ft": {"steps": [{"method": "slim", "macs_ratio": 0.75, "recovery": FT}]},
+    "slim-macs0.75-ft": {"steps": [{"method": "slim", "macs_ratio": 0.75, **FT_ONLY}]},
     "tp-taylor-macs0.5-ft": {"steps": [{"method": PEER, "importance": "taylor", "macs_ratio": 0.5, "recovery": FT}]},
-    "slim-macs0.5-ft": {"steps": [{"method": "slim", "macs_ratio": 0.5, "recovery": FT}]},
-    "lowrank-params0.75-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.75, "recovery": FT}]},
-    "slim-macs0.6": {"steps": [{"method": "slim", "macs_ratio": 0.6, "recovery": NO_FT}]},
+    "slim-macs0.5-ft": {"steps": [{"method": "slim", "macs_ratio": 0.5, **FT_ONLY}]},
+    "lowrank-params0.75-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.75, **FT_ONLY}]},
+    "slim-macs0.6": {"steps": [{"method": "slim", "macs_ratio": 0.6, **BARE}]},
     "tp-taylor-macs0.6": {"steps": [{"method": PEER, "importance": "taylor", "macs_ratio": 0.6}]},
-    "slim-params0.75": {"steps": [{"method": "slim", "params_ratio": 0.75, "recovery": NO_FT}]},
+    "slim-params0.75": {"steps": [{"method": "slim", "params_ratio": 0.75, **BARE}]},
     "tp-taylor-params0.75": {"steps": [{"method": PEER, "importance": "taylor", "params_ratio": 0.75}]},
-    "lowrank-params0.6": {"steps": [{"method": "lowrank", "params_ratio": 0.6, "recovery": NO_FT}]},
-    "lowrank-params0.9": {"steps": [{"method": "lowrank", "params_ratio": 0.9, "recovery": NO_FT}]},
+    "lowrank-params0.6": {"steps": [{"method": "lowrank", "params_ratio": 0.6, **BARE}]},
+    "lowrank-params0.9": {"steps": [{"method": "lowrank", "params_ratio": 0.9, **BARE}]},
     "tp-magnitude-macs0.75": {"steps": [{"method": PEER, "importance": "magnitude", "macs_ratio": 0.75}]},
     "tp-magnitude-macs0.5": {"steps": [{"method": PEER, "importance": "magnitude", "macs_ratio": 0.5}]},
     "tp-magnitude-macs0.6": {"steps": [{"method": PEER, "importance": "magnitude", "macs_ratio": 0.6}]},
     "tp-magnitude-params0.75": {"steps": [{"method": PEER, "importance": "magnitude", "params_ratio": 0.75}]},
-    "slim-macs0.75-gates-macs0.6": {"steps": [{"method": "slim", "macs_ratio": 0.75, "recovery": NO_FT},
-                                              {"method": "gates", "macs_ratio": 0.6, "recovery": NO_FT}],
+    "slim-macs0.75-gates-macs0.6": {"steps": [{"method": "slim", "macs_ratio": 0.75, **BARE},
+                                              {"method": "gates", "macs_ratio": 0.6, **BARE}],
                                     "eval_batches": [1, 64]},
-    "slim-macs0.6-ft": {"steps": [{"method": "slim", "macs_ratio": 0.6, "recovery": FT}]},
+    "slim-macs0.6-ft": {"steps": [{"method": "slim", "macs_ratio": 0.6, **FT_ONLY}]},
     "tp-taylor-macs0.6-ft": {"steps": [{"method": PEER, "importance": "taylor", "macs_ratio": 0.6, "recovery": FT}]},
-    "slim-params0.75-ft": {"steps": [{"method": "slim", "params_ratio": 0.75, "recovery": FT}]},
+    "slim-params0.75-ft": {"steps": [{"method": "slim", "params_ratio": 0.75, **FT_ONLY}]},
     "tp-taylor-params0.75-ft": {"steps": [{"method": PEER, "importance": "taylor", "params_ratio": 0.75,
                                            "recovery": FT}]},
-    "lowrank-params0.6-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.6, "recovery": FT}]},
-    "lowrank-params0.9-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.9, "recovery": FT}]},
-    "slim-macs0.75-gates-macs0.6-ft": {"steps": [{"method": "slim", "macs_ratio": 0.75, "recovery": NO_FT},
-                                                 {"method": "gates", "macs_ratio": 0.6}],
+    "lowrank-params0.6-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.6, **FT_ONLY}]},
+    "lowrank-params0.9-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.9, **FT_ONLY}]},
+    "slim-macs0.75-gates-macs0.6-ft": {"steps": [{"method": "slim", "macs_ratio": 0.75, **BARE},
+                                                 {"method": "gates", "macs_ratio": 0.6, "reconstruct": NO_RECON}],
                                        "eval_batches": [1, 64]},
     # reconstruction (optimizer/reconstruct, h-recon): block-wise, the lab's lever for structure removal
     "slim-params0.75-recon": {"steps": [{"method": "slim", "params_ratio": 0.75, "recovery": NO_FT,
@@ -92,8 +96,15 @@ ROWS = {
                                             "reconstruct": "blockwise"}]},
     "lowrank-params0.75-recon-ft": {"steps": [{"method": "lowrank", "params_ratio": 0.75, "recovery": FT,
                                                "reconstruct": "blockwise"}]},
-    # token merging (h-merge; not merged here: its branch conflicts with h-recon in slim's config), e.g.
-    # "slim-macs0.75-merge": {"steps": [{"method": "slim", "macs_ratio": 0.75, "token_mode": "merge", "recovery": NO_FT}]},
+    # the product default (reconstruct "auto": closed form unless tokens are dropped)
+    "slim-params0.75-cf": {"steps": [{"method": "slim", "params_ratio": 0.75, "recovery": NO_FT}]},
+    "lowrank-params0.75-cf": {"steps": [{"method": "lowrank", "params_ratio": 0.75, "recovery": NO_FT}]},
+    "lowrank-params0.6-cf": {"steps": [{"method": "lowrank", "params_ratio": 0.6, "recovery": NO_FT}]},
+    # token merging (slim's token_mode merge; the sliced widths reconstructed by default before the merge)
+    "slim-macs0.75-merge": {"steps": [{"method": "slim", "macs_ratio": 0.75, "token_mode": "merge",
+                                       "recovery": NO_FT}]},
+    "slim-macs0.5-merge": {"steps": [{"method": "slim", "macs_ratio": 0.5, "token_mode": "merge",
+                                      "recovery": NO_FT}]},
 }
 EVAL_BATCH = 64
 MACS_IMAGES = 64          # val images the executed MACs are averaged over (input-adaptive rows)
