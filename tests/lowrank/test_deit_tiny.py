@@ -16,7 +16,8 @@ def test_cli_lowrank_on_deit_tiny(tmp_path, shared_weights, mini_train, mini_val
     out = tmp_path / "lr"
     rc = main(["compress", "--method", "lowrank", "--model", "deit_tiny_patch16_224", "--checkpoint", shared_weights,
                "--calib", mini_train, "--params", "0.75", "--set", "calib_images=32",
-               "--set", "probe_images=8", "-o", str(out), "--json", str(tmp_path / "r.json")])
+               "--set", "probe_images=8", "--set", "reconstruct.images=64", "-o", str(out),
+               "--json", str(tmp_path / "r.json")])
     assert rc == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert abs(res["params_ratio"] - 0.75) < 0.015

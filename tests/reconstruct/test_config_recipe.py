@@ -26,7 +26,7 @@ def test_every_method_takes_a_reconstruct_block(method, budget):
 
 
 @pytest.mark.parametrize("options,message", [
-    ({"mode": "fast"}, "mode must be one of none, closed_form, blockwise, both, got 'fast'"),
+    ({"mode": "fast"}, "mode must be one of none, closed_form, blockwise, both, auto, got 'fast'"),
     ({"images": 0}, "images must be a positive integer, got 0"),
     ({"ridge": -1}, "ridge must be non-negative, got -1.0"),
     ({"layers": "qkv"}, "layers must be a non-empty subset of proj, fc2, got \\['qkv'\\]"),
