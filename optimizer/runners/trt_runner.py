@@ -1,9 +1,10 @@
 """``TrtRunner``: execute a serialized TensorRT (or TensorRT for RTX) engine on an NVIDIA GPU.
 
-Device buffers are torch CUDA tensors; the engine runs with ``execute_async_v3`` on a torch CUDA
-stream and is timed with CUDA events recorded on that stream. Engines can be *built* without a GPU
-(TensorRT for RTX does that), but never *run* without one: construction fails with a one-line
-VitoptError on such a machine.
+Device buffers, the stream and the timing events come from whichever CUDA binding is installed —
+torch, cuda-python or pycuda (``device_buffers``) — so an edge board with TensorRT and no PyTorch
+runs engines too. The engine runs with ``execute_async_v3`` on that stream and is timed with CUDA
+events recorded on it. Engines can be *built* without a GPU (TensorRT for RTX does that), but never
+*run* without one: construction fails with a one-line VitoptError on such a machine.
 """
 from __future__ import annotations
 
@@ -23,12 +24,9 @@ NO_GPU = "TensorRT engines need an NVIDIA GPU to run; none found"
 
 
 def gpu_available() -> bool:
-    """True when torch sees a CUDA device (without initialising more than the driver query)."""
-    try:
-        import torch
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    """True when a CUDA binding (torch, cuda-python, pycuda) sees a device (a driver query, no context)."""
+    from .device_buffers import ORDER, sees_gpu
+    return any(sees_gpu(n) for n in ORDER)
 
 
 def engine_sidecar(engine_path: str | os.PathLike) -> Optional[dict]:
@@ -61,14 +59,15 @@ def sidecar_memory_bytes(meta: Optional[dict]) -> Optional[int]:
     return int((w or 0) + (a or 0))
 
 
-def _torch_dtype(trt, dt):
-    import torch
-    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-             "int32": torch.int32, "int64": torch.int64, "int8": torch.int8, "bool": torch.bool,
-             "uint8": torch.uint8}
-    for name, t in table.items():
+# TensorRT tensor types -> numpy (bfloat16 travels as its uint16 bit patterns: numpy has no bfloat16)
+_NP_TYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int32": np.int32,
+             "int64": np.int64, "int8": np.int8, "bool": np.bool_, "uint8": np.uint8}
+
+
+def _np_dtype(trt, dt) -> np.dtype:
+    for name, t in _NP_TYPES.items():
         if hasattr(trt, name) and dt == getattr(trt, name):
-            return t
+            return np.dtype(t)
     raise VitoptError(f"engine tensor type {dt} is not supported by TrtRunner")
 
 
@@ -90,7 +89,7 @@ class TrtRunner(BaseRunner):
         super().__init__(name)
         self.path = require_file(engine_path, "TensorRT engine")
         if not gpu_available():
-            raise VitoptError(f"{NO_GPU} (torch.cuda.is_available() is False); "
+            raise VitoptError(f"{NO_GPU} (no CUDA binding — torch, cuda-python, pycuda — sees a device); "
                               f"build engines here, run {self.path.name} on a machine with one")
         self.meta = engine_sidecar(self.path) or {}
         recorded = self.meta.get("builder")
@@ -101,10 +100,11 @@ class TrtRunner(BaseRunner):
         self.engine = self.context = None
 
     def _activate(self) -> None:
-        import torch
+        from .device_buffers import device_buffers
         trt, _ = import_builder(self.builder)
         self.builder = trt.__name__
         self._trt = trt
+        self._cuda = device_buffers()
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -114,14 +114,14 @@ class TrtRunner(BaseRunner):
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise VitoptError(f"cannot create an execution context for {self.path} (out of GPU memory?)")
-        self._stream = torch.cuda.Stream()
+        self._stream = self._cuda.stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_in = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_in[n]]
         self.output_names = [n for n in names if not is_in[n]]
-        self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
+        self._dtypes = {n: _np_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self._bf16 = {n for n in names if self.engine.get_tensor_dtype(n) == getattr(trt, "bfloat16", None)}
+        self._start, self._end = self._cuda.event(), self._cuda.event()
         self._buffers = {}
 
     def _deactivate(self) -> None:
@@ -138,70 +138,73 @@ class TrtRunner(BaseRunner):
 
     @property
     def input_dtype(self):
-        import torch
         dt = self._dtypes.get(self.input_names[0]) if self.engine is not None else None
-        return np.float16 if dt == torch.float16 else np.float32
+        return np.float16 if dt == np.float16 else np.float32
 
     def info(self) -> dict:
         return {"builder": self.builder, "engine": str(self.path),
-                "engine_memory_bytes": sidecar_memory_bytes(self.meta)}
+                "engine_memory_bytes": sidecar_memory_bytes(self.meta),
+                "cuda_binding": getattr(getattr(self, "_cuda", None), "name", None)}
 
-    def _bind(self, inputs: Dict[str, "object"]) -> Dict[str, "object"]:
-        """Set shapes and addresses for device tensors ``inputs``; allocate and bind the outputs."""
-        import torch
-        for n, t in inputs.items():
-            if not self.context.set_input_shape(n, tuple(t.shape)):
-                raise VitoptError(f"engine {self.path.name} does not accept {n} of shape {tuple(t.shape)} "
+    def _host_input(self, name: str, x: np.ndarray) -> np.ndarray:
+        """``x`` in the engine's type for input ``name`` (bfloat16 as bit patterns)."""
+        from .device_buffers import to_bfloat16_bits
+        if name in self._bf16:
+            return to_bfloat16_bits(np.asarray(x, dtype=np.float32))
+        return np.ascontiguousarray(x, dtype=self._dtypes[name])
+
+    def _bind(self, inputs: dict) -> dict:
+        """Set shapes and addresses for device arrays ``inputs``; allocate and bind the outputs."""
+        for n, a in inputs.items():
+            if not self.context.set_input_shape(n, a.shape):
+                raise VitoptError(f"engine {self.path.name} does not accept {n} of shape {a.shape} "
                                   "(outside its optimization profile)")
-            self.context.set_tensor_address(n, t.data_ptr())
+            self.context.set_tensor_address(n, a.ptr)
         outs = {}
         for n in self.output_names:
             shape = tuple(self.context.get_tensor_shape(n))
             if any(d < 0 for d in shape):
                 raise VitoptError(f"engine output {n} has unresolved shape {shape}")
-            outs[n] = torch.empty(shape, dtype=self._dtypes[n], device="cuda")
-            self.context.set_tensor_address(n, outs[n].data_ptr())
+            outs[n] = self._cuda.empty(shape, self._dtypes[n])
+            self.context.set_tensor_address(n, outs[n].ptr)
         return outs
 
     def _execute(self) -> None:
-        if not self.context.execute_async_v3(self._stream.cuda_stream):
+        if not self.context.execute_async_v3(self._cuda.stream_handle(self._stream)):
             raise VitoptError(f"TensorRT failed to execute {self.path.name}")
 
     def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        import torch
-        with torch.cuda.stream(self._stream):
-            ins = {n: torch.from_numpy(np.ascontiguousarray(feed[n])).to("cuda", self._dtypes[n]).contiguous()
-                   for n in self.input_names}
-            outs = self._bind(ins)
-            self._execute()
-            res = {n: t.float().cpu().numpy() if t.dtype == torch.bfloat16 else t.cpu().numpy()
-                   for n, t in outs.items()}
-        self._stream.synchronize()
+        from .device_buffers import from_bfloat16_bits
+        ins = {n: self._cuda.upload(self._host_input(n, feed[n]), self._stream) for n in self.input_names}
+        outs = self._bind(ins)
+        self._execute()
+        res = {}
+        for n, a in outs.items():
+            host = self._cuda.to_host(a, self._stream)
+            res[n] = from_bfloat16_bits(host) if n in self._bf16 else host
+        self._cuda.synchronize(self._stream)
         self._prepared_batch = None  # bindings now point at this call's buffers
         return res
 
     def _prepare(self, data: np.ndarray) -> None:
-        import torch
-        with torch.cuda.stream(self._stream):
-            x = torch.from_numpy(data).to("cuda", self._dtypes[self.input_names[0]])
-            ins = {self.input_names[0]: x}
-            for n in self.input_names[1:]:
-                raise VitoptError(f"timing needs a single-input engine; {self.path.name} also has {n}")
-            self._buffers = {**ins, **self._bind(ins)}
-        self._stream.synchronize()
+        for n in self.input_names[1:]:
+            raise VitoptError(f"timing needs a single-input engine; {self.path.name} also has {n}")
+        name = self.input_names[0]
+        ins = {name: self._cuda.upload(self._host_input(name, data), self._stream)}
+        self._buffers = {**ins, **self._bind(ins)}
+        self._cuda.synchronize(self._stream)
 
     def _run_prepared(self) -> None:
         self._execute()
 
     def _synchronize(self) -> None:
-        self._stream.synchronize()
+        self._cuda.synchronize(self._stream)
 
     def infer_timed(self, batch: int) -> float:
         """Milliseconds of device time for one inference, from CUDA events on the engine's stream."""
         if self._prepared_batch != batch:
             self._reprepare(batch)
-        self._start.record(self._stream)
+        self._cuda.record(self._start, self._stream)
         self._execute()
-        self._end.record(self._stream)
-        self._end.synchronize()
-        return float(self._start.elapsed_time(self._end))
+        self._cuda.record(self._end, self._stream)
+        return self._cuda.elapsed_ms(self._start, self._end)

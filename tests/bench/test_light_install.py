@@ -46,6 +46,21 @@ def test_bench_onnx_path_never_imports_torch(tiny_onnx, tmp_path):
     _check_result(out, path)
 
 
+def test_bench_engine_path_never_imports_torch(tmp_path):
+    """An engine on a board without PyTorch: the runner's CUDA buffers come from cuda-python / pycuda
+    (optimizer.runners.device_buffers), so the path imports no torch; here (no GPU) it says so in one line."""
+    from optimizer.runners.device_buffers import available_bindings
+    if available_bindings():
+        pytest.skip("this machine has a GPU: tests/runners/test_device_buffers.py runs engines through each binding")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not run here")
+    proc = subprocess.run([sys.executable, "-c", _BLOCKED, "bench", str(engine), "--batch", "1"],
+                          env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert "LEAKED" not in proc.stdout
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "engine cannot run here (no NVIDIA GPU)" in proc.stderr + proc.stdout
+
+
 @pytest.mark.slow
 def test_bench_from_a_clean_venv_with_only_the_bench_extra(tiny_onnx, tmp_path):
     """A fresh venv with numpy + onnxruntime + psutil and vitopt installed with --no-deps (pip's cache
