@@ -257,7 +257,7 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
     groups = param_groups(student, cfg.weight_decay, lr_scale)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.999))
-    from ..precision import mixed_precision
+    from ..mixed_precision import mixed_precision
     precision = mixed_precision(device, cfg.amp)     # bf16 (else fp16 + loss scaling) on CUDA, fp32 on CPU
     scaler = precision.scaler
     loss_fn = ManifoldDistillLoss.from_config(cfg)

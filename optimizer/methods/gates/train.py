@@ -76,7 +76,7 @@ def train_gates(model: nn.Module, teacher: nn.Module, data, *, batch_size: int, 
     file every ``checkpoint_every`` steps (rank 0 writes, every rank reads).
     """
     from ... import distributed as dist
-    from ...precision import mixed_precision
+    from ...mixed_precision import mixed_precision
     gate_params, other = [], []
     for name, p in model.named_parameters():
         (gate_params if ".gate_net." in name else other).append(p)

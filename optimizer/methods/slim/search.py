@@ -261,7 +261,7 @@ def search_masks(model: nn.Module, cfg, ctx, teacher: Optional[nn.Module] = None
     Rank 0 writes the checkpoint; every rank resumes from it.
     """
     from ... import distributed as dist
-    from ...precision import mixed_precision
+    from ...mixed_precision import mixed_precision
     if teacher is None:
         raise VitoptError("the slim search needs the dense teacher (ctx.teacher)")
     device = ctx.device
