@@ -101,23 +101,26 @@ def test_gated_refit_lowers_held_out_error_and_keeps_the_gates(calib_folder, jud
 
 
 def test_the_intercept_takes_the_mean_of_switched_off_units(calib_folder):
-    """A gated MLP whose gate never runs group 1 (forced pattern): the closed form's bias moves by that
-    group's mean contribution, so the re-fit block matches the dense one better than a refit through
-    the current bias would on average (the output mean is matched to rounding on the fitting images)."""
+    """One MLP group and one head forced off in every group, one of each removed statically: least squares
+    with an intercept (ridge 0, every image fitted) leaves block-output residuals of zero mean over the
+    fitting tokens, so the bias has absorbed the mean contribution of what no longer runs."""
     from optimizer.methods.gates import set_forced_gates
+    from optimizer.methods.lowrank.calibrate import capture_input
     model, dense = _gated_pruned(depth=1)
     set_forced_gates(model, lambda m: [u != 1 for u in range(m.dynamic_units)])
+    x = _images(calib_folder, dense)
+
+    @torch.no_grad()
+    def residual_mean():
+        h = capture_input(model, "blocks.0", x)
+        y = torch.cat([model.blocks[0](c) for c in h.split(4)])
+        return (y - dense.blocks[0](h)).mean(dim=(0, 1)).abs().max()
+
+    assert residual_mean() > 5e-3     # 0.009 here: 40x the tolerance below
     rep = reconstruct_model(model, dense, CompressContext(calib_dir=calib_folder, workers=0),
                             ReconstructConfig(mode="closed_form", holdout=0.0, ridge=0.0), group_sizes=(4,))
     assert rep["blocks"][0]["kept"] == ["closed_form"]
-    from optimizer.methods.lowrank.calibrate import capture_input
-    x = _images(calib_folder, dense)
-    with torch.no_grad():
-        h = capture_input(model, "blocks.0", x)
-        y = torch.cat([model.blocks[0](c) for c in h.split(4)])
-        t = dense.blocks[0](h)
-    # least squares with an intercept: residuals have zero mean over the fitting tokens
-    torch.testing.assert_close((y - t).mean(dim=(0, 1)), torch.zeros(t.shape[-1]), rtol=0, atol=2e-4)
+    assert residual_mean() <= 2e-4
 
 
 def test_reconstructed_gated_model_exports_with_parity(tmp_path, calib_folder):
