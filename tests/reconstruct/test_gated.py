@@ -159,3 +159,23 @@ def test_gates_step_reconstructs_recalibrates_and_rebuilds(tmp_path, image_folde
         for b in (1, 3):
             x = _x(b, seed=b)
             assert (loaded(x) - cm.model.eval()(x)).abs().max() <= 1e-6
+
+
+def test_group_sizes_change_nothing_on_an_ungated_model(calib_folder):
+    """Streams per group size only differ under gates: an ungated model gets the same weights whatever
+    group sizes are given (the pooled statistics scale, the ridge λ scales with them)."""
+    dense = tiny_vit(depth=2).eval()
+    start = copy.deepcopy(dense)
+    with torch.no_grad():     # a damaged copy to repair: every output map's weights shrunk
+        for b in start.blocks:
+            b.attn.proj.weight.mul_(0.5)
+            b.mlp.fc2.weight.mul_(0.5)
+    out = []
+    for sizes in (None, (1, 8)):
+        model = copy.deepcopy(start)
+        reconstruct_model(model, dense, CompressContext(calib_dir=calib_folder, workers=0),
+                          ReconstructConfig(mode="closed_form", holdout=0.25), group_sizes=sizes)
+        out.append(model.state_dict())
+    assert any(not torch.equal(out[0][k], start.state_dict()[k]) for k in out[0])
+    for k in out[0]:
+        torch.testing.assert_close(out[0][k], out[1][k], rtol=1e-4, atol=1e-5)
