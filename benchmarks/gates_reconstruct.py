@@ -17,6 +17,8 @@ Rows are measured by ``benchmarks/reconstruct.py``'s ``measure_row`` (one measur
         -o build/gates-bench/gates-none
     flock /tmp/vitopt-heavy.lock python benchmarks/gates_reconstruct.py --modes none,closed_form
 
+On a shared 2-core machine prefix each with ``OMP_NUM_THREADS=1``: batch-1 gate calibration with two
+threads each on oversubscribed cores ran ~1 image/s (measured 2026-11-29), several times slower.
 (slim075 = a slim 0.75-MACs model from the same 24-step search, e.g. ``make demo``'s
 variants/slim-macs0.75/compressed; gates ``--macs`` is relative to the model entering the step:
 0.7982 x 0.7517 = 0.600 of dense.)
