@@ -45,8 +45,7 @@ METHODS = MappingProxyType({
     "gates": MethodEntry("optimizer.methods.gates", {"gates_k": ExportOption(
         ("data", "fixed"),
         "models with a gates step: 'data' (default: K = count of gate scores over the threshold, "
-        "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")}, not_after={
-        "merge": "gates after token merging is not supported: the gated attention does not carry token sizes"}),
+        "input-adaptive) or 'fixed' (each module's calibrated mean K: static shapes)")}),
     "merge": MethodEntry("optimizer.methods.merge", not_after={
         "lowrank": "merge after lowrank is not supported: put merge (or slim's token_mode merge) first",
         "gates": "merge after gates would change the tokens the gate nets were calibrated on; put merge first"}),

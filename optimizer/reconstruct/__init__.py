@@ -6,10 +6,10 @@ Heavy modules (torch) load on first use of the driver, so importing the config s
 from .config import ReconstructConfig
 
 
-def reconstruct_model(model, teacher, ctx, cfg):
+def reconstruct_model(model, teacher, ctx, cfg, group_sizes=None):
     """See ``optimizer.reconstruct.driver.reconstruct_model``."""
     from .driver import reconstruct_model as run
-    return run(model, teacher, ctx, cfg)
+    return run(model, teacher, ctx, cfg, group_sizes)
 
 
 __all__ = ["ReconstructConfig", "reconstruct_model"]

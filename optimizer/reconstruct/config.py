@@ -41,7 +41,9 @@ class ReconstructConfig(TypedOptions):
     seed        held-out split and batch order (None: the compress context's seed)
 
     Defaults per method are set by the method configs from measurements on DeiT-Tiny
-    (benchmarks/results/reconstruct_lab.md): slim and lowrank "auto", gates "none" (not measured).
+    (benchmarks/results/reconstruct_lab.md): slim and lowrank "auto", gates "none"
+    (benchmarks/results/gates_reconstruct.md). Gated blocks are fitted under their group decisions at
+    the gates step's ``calib_groups`` (``reconstruct_model(..., group_sizes=...)``).
     Block-wise (50 steps/block) was measured at the session's end: lowrank 0.75 params 66.8 % (closed
     form 59.5 %), slim structure-only 71.3 % (closed form 71.5 %); no default turns it on yet.
     """

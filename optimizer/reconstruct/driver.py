@@ -13,6 +13,15 @@ Order of work (all under ``torch.no_grad`` except the block-wise tune):
 4. block-wise: Adam on the block output MSE (``blockwise``);
 5. every update is kept only when the block's output error on the held-out images fell; then the
    compressed inputs move on through the block.
+
+Gated blocks (``optimizer.methods.gates``) decide once per batch, so the batches the compressed blocks
+run on are gate groups: ``group_sizes`` (the gates step passes its ``calib_groups``, the deployment
+batch sizes) gives one stream of compressed block inputs per group size, each propagated in groups of
+its size; the closed-form statistics pool every stream (the output map is fitted under the decisions
+taken at every deployed group size), the held-out error sums them, the block-wise tune reads the
+stream of the largest size (its own batches are its groups). A gated output map is not called as a
+layer (the forward gathers its columns): its input comes from the branch's ``output_map_input`` (zeros
+for the units switched off). Ungated models give the same result for any group size: one stream.
 """
 from __future__ import annotations
 
@@ -21,6 +30,8 @@ import time
 
 import torch
 import torch.nn as nn
+
+from typing import Optional, Sequence
 
 from ..distributed import all_reduce_sum, is_main, rank_world, shard_indices
 from ..errors import VitoptError
@@ -125,49 +136,66 @@ def _chunks(n: int, size: int):
 
 
 @torch.no_grad()
-def _error(block, hc, target, size) -> float:
-    """Relative squared output error ‖block(hc) − target‖² / ‖target‖², summed over all ranks."""
+def _error(block, streams, target) -> float:
+    """Relative squared output error ‖block(hc) − target‖² / ‖target‖², summed over the
+    ``streams`` [(hc, group size)] and all ranks."""
     t = torch.zeros(2, dtype=torch.float64)
-    for sl in _chunks(hc.shape[0], size):
-        y, tg = block(hc[sl]), target[sl]
-        t[0] += float(((y - tg).double() ** 2).sum())
-        t[1] += float((tg.double() ** 2).sum())
+    for hc, size in streams:
+        for sl in _chunks(hc.shape[0], size):
+            y, tg = block(hc[sl]), target[sl]
+            t[0] += float(((y - tg).double() ** 2).sum())
+            t[1] += float((tg.double() ** 2).sum())
     all_reduce_sum(t)
     return float(t[0] / t[1]) if t[1] > 0 else 0.0
 
 
+def _layer_input(block, name: str, x: torch.Tensor) -> tuple:
+    """(input of the output map ``name`` on the block input ``x``, the residual it is added to);
+    the input is None when the branch does not call the layer."""
+    branch, layer_name, _ = _LAYERS[name]
+    if name == "proj":
+        base = x
+        inp = block.norm1(x)
+    else:
+        base = _mid(block, x)
+        inp = block.norm2(base)
+    module = getattr(block, branch)
+    zero_filled = getattr(module, "output_map_input", None)
+    if zero_filled is not None:     # gated: the layer's columns are gathered, never called as a layer
+        return zero_filled(inp), base
+    with _Capture(getattr(module, layer_name)) as cap:
+        module(inp)
+    return cap.x, base
+
+
 @torch.no_grad()
-def _refit(block, name, hc, hd, target, dense, token_idx, size, ridge) -> dict:
-    """Closed-form re-fit of one output map of ``block`` on the fitting images (``target``: the dense
-    block's output at the kept positions); returns its report."""
+def _refit(block, name, streams, hd, target, dense, token_idx, ridge) -> dict:
+    """Closed-form re-fit of one output map of ``block`` on the fitting images of every stream
+    [(hc, group size)] (``target``: the dense block's output at the kept positions); returns its report."""
     branch, layer_name, ls_name = _LAYERS[name]
     layer = getattr(getattr(block, branch), layer_name, None)
     if layer is None or not isinstance(getattr(block, ls_name, None), nn.Identity):
         return {"skipped": "no such layer, or a layer scale between it and the residual"}
     stats = None
-    with _Capture(layer) as cap:
+    for hc, size in streams:
         for sl in _chunks(hc.shape[0], size):
             x = _select(block, hc[sl])
-            cap.x = None
-            if name == "proj":
-                block.attn(block.norm1(x))
-                tg = _mid(dense, hd[sl])[:, token_idx] - x
-            else:
-                m = _mid(block, x)
-                block.mlp(block.norm2(m))
-                tg = target[sl] - m
-            if cap.x is None:
-                return {"skipped": f"{name} is not called as a layer (e.g. gathered by gates)"}
+            inp, base = _layer_input(block, name, x)
+            if inp is None:
+                return {"skipped": f"{name} is not called as a layer"}
+            goal = _mid(dense, hd[sl])[:, token_idx] if name == "proj" else target[sl]
+            tg = goal - base
             if stats is None:
-                stats = LinearStats(cap.x.shape[-1], tg.shape[-1])
-            stats.add(cap.x, tg)
+                stats = LinearStats(inp.shape[-1], tg.shape[-1])
+            stats.add(inp, tg)
     if stats is None:
         stats = LinearStats(layer.in_features, layer.out_features)   # no images on this rank
     stats.reduce()
     return refit_layer(layer, stats, ridge)
 
 
-def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: ReconstructConfig) -> dict:
+def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: ReconstructConfig,
+                      group_sizes: Optional[Sequence[int]] = None) -> dict:
     """Reconstruct ``model`` (in place) block by block towards the dense ``teacher`` on ``ctx.calib_dir``.
 
     Args:
@@ -175,6 +203,8 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
         teacher: the model that entered the compression (frozen; same number of blocks).
         ctx: ``CompressContext`` (calib_dir, device, workers, seed, log, synsets).
         cfg: ``ReconstructConfig``; mode "none" returns at once.
+        group_sizes: the batch sizes the compressed blocks run on (gate groups; see the module
+            docstring); None: ``cfg.batch_size`` alone.
     Returns:
         report: mode, images, held-out images, seconds, and per block the held-out error before and
         after each stage, whether it was kept, and seconds.
@@ -211,6 +241,12 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
     fit = ~held if bool(held_all.any()) else torch.ones_like(held)
     pos_c = pos_d = list(range(hc.shape[1]))
     size = cfg.batch_size
+    sizes = sorted({int(g) for g in group_sizes}) if group_sizes else [size]
+    if any(g < 1 for g in sizes):
+        raise VitoptError(f"group sizes must be positive, got {list(group_sizes)}")
+    # one stream of compressed block inputs per group size (they differ only under gates)
+    hcs = {g: hc for g in sizes}
+    del hc
     rows = []
     log(f"reconstruct: {cfg.mode} over {len(blocks)} blocks, {n} images ({int(held_all.sum())} held out)")
     for i in progress(range(len(blocks)), desc="reconstruct"):
@@ -225,15 +261,16 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
             hd_next = torch.cat([bd(hd[sl]) for sl in _chunks(hd.shape[0], size)])
             target = hd_next[:, token_idx]
         judge = held if bool(held_all.any()) else fit
-        err = _error(bc, hc[judge], target[judge], size)
+        judged = [(h[judge], g) for g, h in hcs.items()]
+        err = _error(bc, judged, target[judge])
         row = {"block": i, "error_before": err}
         kept = []
         if cfg.closed_form:
             saved = copy.deepcopy(bc.state_dict())
-            hf, df, tf = hc[fit], hd[fit], target[fit]
-            info = {name: _refit(bc, name, hf, df, tf, bd, token_idx, size, cfg.ridge) for name in cfg.layers}
-            del hf, df, tf
-            e = _error(bc, hc[judge], target[judge], size)
+            fitted, df, tf = [(h[fit], g) for g, h in hcs.items()], hd[fit], target[fit]
+            info = {name: _refit(bc, name, fitted, df, tf, bd, token_idx, cfg.ridge) for name in cfg.layers}
+            del fitted, df, tf
+            e = _error(bc, judged, target[judge])
             row["closed_form"] = {"error": e, "layers": info}
             if e < err or not bool(held_all.any()):
                 err = e
@@ -242,8 +279,9 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
                 bc.load_state_dict(saved)
         if cfg.blockwise:
             saved = copy.deepcopy(bc.state_dict())
-            info = tune_block(bc, hc[fit], target[fit], cfg.steps, cfg.lr, size, seed * 100003 + i * 101 + rank_world()[0])
-            e = _error(bc, hc[judge], target[judge], size)
+            info = tune_block(bc, hcs[sizes[-1]][fit], target[fit], cfg.steps, cfg.lr, size,
+                              seed * 100003 + i * 101 + rank_world()[0])
+            e = _error(bc, judged, target[judge])
             row["blockwise"] = {"error": e, **info}
             if e < err or not bool(held_all.any()):
                 err = e
@@ -254,10 +292,11 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
         rows.append(row)
         log(f"reconstruct: block {i}: held-out error {row['error_before']:.4g} -> {err:.4g} "
             f"({'+'.join(kept) or 'rolled back'}, {row['seconds']} s)")
+        del judged
         with torch.no_grad():
-            hc = torch.cat([bc(hc[sl]) for sl in _chunks(hc.shape[0], size)])
+            hcs = {g: torch.cat([bc(h[sl]) for sl in _chunks(h.shape[0], g)]) for g, h in hcs.items()}
         hd = hd_next
     model.eval()
     return {"mode": cfg.mode, **({"asked": asked} if asked != cfg.mode else {}), "images": n, "held_out": int(held_all.sum()),
-            "judged_on": "held-out" if bool(held_all.any()) else "fitting images",
+            "judged_on": "held-out" if bool(held_all.any()) else "fitting images", "group_sizes": sizes,
             "seconds": round(time.perf_counter() - t0, 2), "blocks": rows}

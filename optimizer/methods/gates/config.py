@@ -46,9 +46,12 @@ class GatesConfig(MethodConfig):
     recovery_lr_gates gate-net learning rate in that fine-tune (below lr_gates: decisions that keep
                       flipping leave the backbone nothing stable to adapt to)
     reconstruct       reconstruction after static pruning, before the fine-tune (the shared
-                      ReconstructConfig; default none: not measured on DeiT-Tiny yet). Gated blocks get
-                      the block-wise mode under their deployed group decisions (gate nets fixed); the closed
-                      form skips their output maps (the gated forward gathers their weights)
+                      ReconstructConfig; ``method.reconstruct_gates``): the closed form re-fits every
+                      column of ``proj``/``fc2`` under the gate decisions taken on calibration groups of
+                      each ``calib_groups`` size (switched-off units' inputs are zeros, the intercept takes
+                      their mean and the statically removed units'), block-wise tunes with gate nets fixed
+                      and eval decisions; then gates are recalibrated and statically pruned again.
+                      Skipped (and reported) on token-merging models. Default none
     kd_tau            logit distillation temperature (teacher = the model entering this step)
     never_on          a unit on in at most this fraction of calibration groups is removed
     always_on         a unit on in at least this fraction of calibration groups becomes static

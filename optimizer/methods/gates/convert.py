@@ -23,7 +23,14 @@ import torch.nn as nn
 
 from ...errors import VitoptError
 from ...models.blocks import PrunedAttention, PrunedBlock, make_prunable
-from .modules import GatedAttention, GatedMlp, is_lowrank, gated_modules
+from .modules import GatedAttention, GatedMergeAttention, GatedMlp, is_lowrank, gated_modules
+
+
+def _attention_class(attn: nn.Module) -> type:
+    """The gated attention that keeps ``attn``'s contract: a token-merging block's attention
+    (``MergeAttention``: sizes in, merge keys out) becomes ``GatedMergeAttention``."""
+    from ..merge.block import MergeAttention
+    return GatedMergeAttention if isinstance(attn, (MergeAttention, GatedMergeAttention)) else GatedAttention
 
 
 def _linear(m: nn.Module, what: str) -> nn.Module:
@@ -64,7 +71,7 @@ def gate_attention(attn: PrunedAttention, gate_hidden: int, threshold: float, in
     """Every head dynamic (or every head static when ``gate_heads`` is False); weights shared."""
     qkv, proj = _linear(attn.qkv, "attn.qkv"), _linear(attn.proj, "attn.proj")
     H = attn.num_heads
-    g = GatedAttention(attn.dim, 0 if gate_heads else H, H if gate_heads else 0, attn.head_dim, attn.scale,
+    g = _attention_class(attn)(attn.dim, 0 if gate_heads else H, H if gate_heads else 0, attn.head_dim, attn.scale,
                        qkv_bias=qkv.bias is not None, proj_bias=proj.bias is not None,
                        gate_hidden=gate_hidden, threshold=threshold, init_logit=init_logit)
     g.qkv, g.proj = qkv, proj
@@ -165,7 +172,7 @@ def prune_attention(g: GatedAttention, always: list, never: list) -> GatedAttent
     dyn = [u for u in range(g.dynamic_units) if u not in set(always) | set(never)]
     static_old = list(range(g.static_units))
     order = static_old + [g.static_units + u for u in always] + [g.static_units + u for u in dyn]
-    new = GatedAttention(g.dim, len(static_old) + len(always), len(dyn), g.head_dim, g.scale,
+    new = type(g)(g.dim, len(static_old) + len(always), len(dyn), g.head_dim, g.scale,
                          qkv_bias=g.qkv.bias is not None, proj_bias=g.proj.bias is not None,
                          gate_hidden=g.gate_hidden, threshold=g.threshold)
     H, hd, D = g.units, g.head_dim, g.dim
@@ -276,7 +283,7 @@ def rebuild_gated(model: nn.Module, structure: dict) -> nn.Module:
         except (KeyError, TypeError) as e:
             raise VitoptError(f"gates structure of block {i} is incomplete: {e}") from None
         dim = blk.attn.qkv.in_features if hasattr(blk.attn, "qkv") else blk.norm1.normalized_shape[0]
-        ga = GatedAttention(dim, int(a["static_heads"]), int(a["dynamic_heads"]), int(a["head_dim"]), float(a["scale"]),
+        ga = _attention_class(blk.attn)(dim, int(a["static_heads"]), int(a["dynamic_heads"]), int(a["head_dim"]), float(a["scale"]),
                             qkv_bias=bool(a["qkv_bias"]), proj_bias=bool(a["proj_bias"]),
                             gate_hidden=int(a["gate_hidden"]), threshold=float(a["threshold"]))
         ga.mean_active, ga.kept = a.get("mean_active"), list(a.get("kept_heads") or [])

@@ -72,7 +72,7 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
     pruned = static_prune(model, cfg.never_on, cfg.always_on)
     ctx.say(f"gates: calibration active fraction {active}; static pruning {pruned}")
 
-    reconstruct = reconstruct_model(model, teacher, ctx, cfg.reconstruct)
+    reconstruct = reconstruct_gates(model, teacher, ctx, cfg, loaders)
     finetune = None
     if cfg.recovery.enabled:
         finetune = _finetune(model, teacher, ctx, cfg, dense.macs)
@@ -99,6 +99,40 @@ def apply_gates(model, cfg: GatesConfig, ctx: CompressContext) -> StepResult:
     }
     model.eval()
     return StepResult(model, structure_of(model), report)
+
+
+def reconstruct_gates(model, teacher, ctx: CompressContext, cfg: GatesConfig, loaders: Optional[dict] = None) -> dict:
+    """``cfg.reconstruct`` on a trained, calibrated and statically pruned gated ``model`` (in place).
+
+    The output maps (``proj``, ``fc2``: every column, static and dynamic) are re-fitted under the gate
+    decisions the trained gates take on calibration groups of each size in ``cfg.calib_groups`` (the
+    deployment batch sizes), gate nets fixed; the intercept takes the mean contribution of units
+    switched off or statically removed. Decisions depend on each block's input, which the re-fits of
+    the blocks before it move (block i is already fitted on those moved inputs): so when any update
+    was kept, the on-frequencies behind fixed K and static pruning are measured again and static
+    pruning re-applied, so both match the weights that ship. ``loaders``: {group size: calibration
+    loader}, built when None. Returns the reconstruction report (with the recalibration).
+    Example: ``reconstruct_gates(gated, dense, ctx, GatesConfig(reconstruct=ReconstructConfig("closed_form")))``
+    """
+    from ..merge.block import merge_schedule
+    if cfg.reconstruct.enabled and merge_schedule(model) is not None:
+        # the driver runs blocks on token tensors alone; a merging block also carries token sizes
+        ctx.say("gates: reconstruction skipped: the model merges tokens (not supported for merging blocks)")
+        return {"mode": "none", "asked": cfg.reconstruct.mode, "skipped": "the model merges tokens"}
+    report = reconstruct_model(model, teacher, ctx, cfg.reconstruct, group_sizes=cfg.calib_groups)
+    if not any(row.get("kept") for row in report.get("blocks", ())):
+        return report
+    device = torch.device(ctx.device)
+    if loaders is None:
+        from ... import distributed as dist
+        data = ctx.calib_dataset(model, limit=cfg.calib_images)
+        loaders = {g: dist.sharded_loader(data, g, seed=ctx.seed, workers=ctx.workers, whole_batches=True)
+                   for g in cfg.calib_groups}
+    report["calib_active_fraction"] = calibrate_gates(model, loaders, device)
+    report["static"] = static_prune(model, cfg.never_on, cfg.always_on)
+    ctx.say(f"gates: after reconstruction active fraction {report['calib_active_fraction']}; "
+            f"static pruning {report['static']}")
+    return report
 
 
 def _checkpoint(model, cfg: GatesConfig, ctx: CompressContext) -> Optional[Path]:

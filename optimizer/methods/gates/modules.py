@@ -282,6 +282,28 @@ class _Gated(nn.Module):
         """(MACs per image of the always-run part, MACs per image of one dynamic unit)."""
         raise NotImplementedError
 
+    def output_map(self) -> nn.Module:
+        """The layer every unit writes its output through (``proj`` / ``fc2``)."""
+        raise NotImplementedError
+
+    def eval_unit_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(units,) 0/1 float mask of the units that run on ``x`` in eval: static units and the dynamic
+        units the gate chose for this batch (one group, as deployed)."""
+        mask = torch.zeros(self.units, device=x.device, dtype=x.dtype)
+        mask[self._all_index(self._eval_index(x), x.device)] = 1.0
+        return mask
+
+    @torch.no_grad()
+    def output_map_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of ``output_map()`` over ALL its columns for the eval forward of ``x`` (the batch is
+        one gate group): the active units' values, zeros where the gate switched a unit off, so
+        ``output_map()(output_map_input(x))`` equals ``self(x)`` in eval. The closed-form re-fit of the
+        output map reads its statistics from this (optimizer/reconstruct): columns of units that are off
+        for a group add nothing, and the fitted intercept takes their mean contribution.
+        Example: ``fc2_in = block.mlp.output_map_input(block.norm2(x))``
+        """
+        raise NotImplementedError
+
 
 class GatedAttention(_Gated):
     """Multi-head attention whose heads are static or gated; param names equal timm's (qkv, proj)."""
@@ -307,6 +329,11 @@ class GatedAttention(_Gated):
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                 is_causal: bool = False) -> torch.Tensor:
+        return self._attend(x, attn_mask, is_causal, keys=False)[0]
+
+    def _attend(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool, keys: bool) -> tuple:
+        """(output, keys averaged over the heads that ran, or None unless ``keys``): the merge metric of
+        ``GatedMergeAttention``; plain gated attention never computes it, so its graph has no extra op."""
         B, N, D = x.shape
         H, hd = self.units, self.head_dim
         if self.training and self.dynamic_units:
@@ -319,12 +346,14 @@ class GatedAttention(_Gated):
             o = o.transpose(1, 2).reshape(B, N, H * hd)
             fixed, per_unit = self.unit_costs(x)
             self.train_macs = fixed + per_unit * mask[:, self.static_units:].sum(1)
-            return _run(self.proj, o)
+            # the heads that ran (hard mask forward, as the gathered eval forward averages them)
+            metric = (k * mask[:, :, None, None]).sum(1) / mask.sum(1)[:, None, None] if keys else None
+            return _run(self.proj, o), metric
         if not self.dynamic_units:      # every head static: the plain attention, no gather
             qkv = _run(self.qkv, x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
-            return _run(self.proj, o.transpose(1, 2).reshape(B, N, H * hd))
+            return _run(self.proj, o.transpose(1, 2).reshape(B, N, H * hd)), k.mean(1) if keys else None
         idx = self._all_index(self._eval_index(x), x.device)
         pre, w, b = row_parts(self.qkv)
         kernels_on = self._kernels_on(x, w)
@@ -341,16 +370,17 @@ class GatedAttention(_Gated):
         q, k, v = qkv.unbind(0)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, -1)
+        metric = k.mean(1) if keys else None
         wt, post, b = col_parts(self.proj)
         if kernels_on:
             out = gathered_cols_linear(o, wt.t(), _unit_rows(idx, hd), None if post is not None else b,
                                        check_index=False)
-            return out if post is None else F.linear(out, post, b)
+            return (out if post is None else F.linear(out, post, b)), metric
         r = wt.shape[1]
         out = torch.matmul(o, wt.reshape(H, hd, r).index_select(0, idx).reshape(-1, r))
         if post is not None:
             out = F.linear(out, post)
-        return out if b is None else out + b
+        return (out if b is None else out + b), metric
 
     @torch.no_grad()
     def unit_importance(self, x: torch.Tensor) -> torch.Tensor:
@@ -365,6 +395,20 @@ class GatedAttention(_Gated):
         w = w.reshape(H, hd, D)
         contrib = torch.einsum("bhnd,hde->bhne", o, w).norm(dim=-1).mean(dim=(0, 2))     # (H,)
         return contrib[self.static_units:]
+
+    def output_map(self) -> nn.Module:
+        return self.proj
+
+    @torch.no_grad()
+    def output_map_input(self, x: torch.Tensor) -> torch.Tensor:
+        # heads are independent: every head computed, the switched-off ones zeroed, equals the gathered forward
+        B, N, _ = x.shape
+        H, hd = self.units, self.head_dim
+        mask = self.eval_unit_mask(x)
+        qkv = _run(self.qkv, x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, scale=self.scale) * mask[None, :, None, None]
+        return o.transpose(1, 2).reshape(B, N, H * hd)
 
     def unit_costs(self, x):
         N, D, hd = x.shape[1], self.dim, self.head_dim
@@ -383,6 +427,23 @@ class GatedAttention(_Gated):
     def extra_repr(self) -> str:
         return (f"static_heads={self.static_units}, dynamic_heads={self.dynamic_units}, head_dim={self.head_dim}, "
                 f"scale={self.scale:.6g}, threshold={self.threshold}")
+
+
+class GatedMergeAttention(GatedAttention):
+    """``GatedAttention`` in a token-merging block (``optimizer.methods.merge``), with that block's
+    ``MergeAttention`` contract: ``forward(x, size) -> (output, keys averaged over heads)``, the log
+    token sizes added to the logits (proportional attention). The merge metric averages the keys of
+    the heads that ran for the group (every head with all gates on: exactly ``MergeAttention``).
+    """
+
+    def forward(self, x: torch.Tensor, size: Optional[torch.Tensor] = None) -> tuple:
+        bias = None if size is None else size.log()[:, None, None, :, 0].to(x.dtype)   # (B, 1, 1, N)
+        return self._attend(x, bias, False, keys=True)
+
+    @torch.no_grad()
+    def output_map_input(self, x: torch.Tensor) -> torch.Tensor:
+        raise VitoptError("reconstruction of gated token-merging blocks is not supported (the block's token "
+                          "sizes are not part of its input)")
 
 
 class GatedMlp(_Gated):
@@ -454,6 +515,15 @@ class GatedMlp(_Gated):
         w = wt if post is None else wt @ post.t()                                        # (C, D)
         imp = h.abs().mean(dim=(0, 1)) * w.norm(dim=1)
         return imp[self.static_channels:].reshape(self.dynamic_units, self.group_size).sum(1)
+
+    def output_map(self) -> nn.Module:
+        return self.fc2
+
+    @torch.no_grad()
+    def output_map_input(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self.eval_unit_mask(x)[self.static_units:] if self.dynamic_units else x.new_zeros(0)
+        mask = torch.cat([x.new_ones(self.static_channels), groups.repeat_interleave(self.group_size)])
+        return self.act(_run(self.fc1, x)) * mask
 
     def unit_costs(self, x):
         N, D = x.shape[1], self.dim
