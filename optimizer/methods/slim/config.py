@@ -10,6 +10,7 @@ from ...reconstruct.config import ReconstructConfig
 IMPORTANCES = ("learned", "taylor", "magnitude")
 RANKINGS = ("global", "per_type")
 TOKEN_MODES = ("drop", "merge")
+ALLOCATIONS = ("kl", "reconstructed")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class SlimConfig(MethodConfig):
     block (a static gather); "merge" keeps every token's content by merging (ToMe, a static per-block
     schedule that the budget search picks together with the widths, ``optimizer.methods.merge``),
     candidates scored on ``token_eval_images`` calibration images.
+    ``allocate`` (merge mode): how those candidates (splits of the budget between widths and merging)
+    are ranked — "kl": KL to the teacher as sliced and merged; "reconstructed": each split is sliced,
+    reconstructed in closed form on ``allocate_images`` calibration images (the step the chosen model
+    then goes through on ``reconstruct.images``), merged and scored on ``token_eval_images`` *other*
+    calibration images, so a MACs budget can buy widths that reconstruction repairs
+    (``optimizer.methods.merge.allocation``; cost: one closed-form pass per split, about 12 splits at
+    0.5 MACs on DeiT-Tiny). It needs reconstruction on (``reconstruct`` mode other than "none").
     Recovery (``recovery``, the RecoveryConfig every method shares): one epoch of manifold + logit
     distillation; ``recovery.holdout`` of the calibration images are held out and the weights with the
     lowest KL to the teacher on them are kept (never worse than the unrecovered slice on them).
@@ -50,6 +58,8 @@ class SlimConfig(MethodConfig):
     prune_tokens: bool = True
     token_mode: str = "drop"
     token_eval_images: int = 64
+    allocate: str = "kl"
+    allocate_images: int = 128
     # search
     w_attn: float = 2e-4
     w_mlp: float = 5e-5
@@ -80,7 +90,8 @@ class SlimConfig(MethodConfig):
         if not isinstance(self.multiple, int) or self.multiple < 1:
             raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
         for name, value, allowed in (("ranking", self.ranking, RANKINGS), ("importance", self.importance, IMPORTANCES),
-                                     ("token_mode", self.token_mode, TOKEN_MODES)):
+                                     ("token_mode", self.token_mode, TOKEN_MODES),
+                                     ("allocate", self.allocate, ALLOCATIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not (self.prune_attention or self.prune_mlp or self.prune_tokens):
@@ -93,7 +104,10 @@ class SlimConfig(MethodConfig):
             raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
         if not isinstance(self.reconstruct, ReconstructConfig):
             raise ValueError(f"reconstruct must be a ReconstructConfig, got {self.reconstruct!r}")
-        for name in ("batch_size", "checkpoint_every", "baseline_batches", "token_eval_images"):
+        if self.allocate == "reconstructed" and not self.reconstruct.enabled:
+            raise ValueError("allocate reconstructed ranks candidates after reconstruction: set reconstruct mode "
+                             "auto / closed_form (or allocate kl)")
+        for name in ("batch_size", "checkpoint_every", "baseline_batches", "token_eval_images", "allocate_images"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
