@@ -5,11 +5,13 @@ block (0, 2, 4, ... up to what merging alone needs), the widths are bisected (sl
 rounding, tokens never dropped) so that the counted MACs of widths + schedule meet the target, then
 the schedule is re-fitted to those widths (``schedule_for_macs``). Every candidate is sliced and
 merged on a copy and scored by its KL to the dense teacher on ``token_eval_images`` calibration
-images; the lowest wins. A learned search with frozen weights tunes the LayerNorms to its soft
-masks (token drop included), which hurts a model that keeps every token's content: each candidate is
-scored with the searched and with the dense norms (``norms`` in the report). Recovery (slim's fine-tune) runs on the sliced model before the merge
-(manifold distillation pairs tokens by position, which merged tokens no longer have); merging
-needs no training.
+images; the lowest wins. With ``allocate: reconstructed`` each split is instead scored after a
+closed-form reconstruction, on images other than those it was fitted on (``allocation``). A learned
+search with frozen weights tunes the LayerNorms to its soft masks (token drop included), which hurts a
+model that keeps every token's content: each candidate is scored with the searched and with the dense
+norms (``norms`` in the report). Reconstruction and recovery (slim's fine-tune) run on the sliced
+model before the merge (the reconstruction compares one token sequence per block with the dense
+model's); merging needs no training.
 """
 from __future__ import annotations
 
