@@ -37,10 +37,11 @@ def run_rows(args, state):
     rows = state.setdefault("rows", {})
     for budget in args.budgets:
         for allocate in args.allocate:
-            name = f"slim{budget:g}_merge_{allocate}"
+            mode = "drop" if allocate == "drop" else "merge"     # drop: the learned token drop, for reference
+            name = f"slim{budget:g}_drop" if mode == "drop" else f"slim{budget:g}_merge_{allocate}"
             if name in rows:
                 continue
-            cfg = SlimConfig(macs_ratio=budget, token_mode="merge", allocate=allocate,
+            cfg = SlimConfig(macs_ratio=budget, token_mode=mode, allocate="kl" if mode == "drop" else allocate,
                              recovery=RecoveryConfig(loss="none"), **DEMO_SEARCH)
             ctx = CompressContext(calib_dir=args.train, teacher=dense, workers=args.workers, seed=0,
                                   work_dir=args.search_dir, log=lambda s: print(s, file=sys.stderr))
@@ -51,8 +52,8 @@ def run_rows(args, state):
             row = evaluate_row(cm.model, dense, args)
             row.update({"macs_ratio": rep["macs_ratio"], "params_ratio": rep["params_ratio"],
                         "compress_seconds": round(seconds, 1), "search_steps": rep["importance"].get("steps"),
-                        "schedule": rep["schedule"], "norms": rep["norms"], "allocate": rep["allocate"],
-                        "merge_search": rep["merge_search"], "widths": rep["widths"],
+                        "schedule": rep.get("schedule"), "norms": rep.get("norms"), "allocate": rep.get("allocate"),
+                        "merge_search": rep.get("merge_search") or [], "widths": rep["widths"],
                         "reconstruct": {k: rep["reconstruct"].get(k) for k in ("mode", "asked", "images", "seconds")}})
             rows[name] = row
             print(name, {k: row[k] for k in ("macs_ratio", "params_ratio", "agreement", "top1", "compress_seconds")},
@@ -79,7 +80,9 @@ def report(args, state):
              "512 images) on the chosen model; no gradient recovery. `allocate: kl` scores each candidate by its KL "
              "to dense on 64 shuffled calibration images as sliced and merged; `allocate: reconstructed` slices each "
              "split, reconstructs it in closed form on 128 calibration images, merges it and scores it on 64 other "
-             "calibration images (only the norm source with the lower KL before reconstruction is reconstructed).", "",
+             "calibration images (only the norm source with the lower KL before reconstruction is reconstructed). "
+             "`_drop` rows: `token_mode: drop` from the same search (reconstruction auto = none on a token-dropping "
+             "model), for reference.", "",
              "| row | MACs ratio | params ratio | agreement % | top-1 % | mean KL | schedule (mean r) | attn / mlp kept | "
              "compress s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in state["rows"].items():
@@ -88,10 +91,13 @@ def report(args, state):
         mlp = sum(x["mlp"] for x in w)
         lines.append(f"| {name} | {r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | "
                      f"{_pct(r['agreement'], r['agreement_se'])} | {_pct(r['top1'])} | {r['mean_kl']:.3f} | "
-                     f"{sum(r['schedule']) / len(r['schedule']):.2f} | {attn} / {mlp} | {r['compress_seconds']:.0f} |")
+                     f"{sum(r['schedule']) / len(r['schedule']):.2f} | {attn} / {mlp} | {r['compress_seconds']:.0f} |"
+                     if r["schedule"] else f"drop | {attn} / {mlp} | {r['compress_seconds']:.0f} |")
     lines += ["", "## Candidates", "", "mean r per block (`d`: dense LayerNorms), kept attention width and MLP hidden "
               "units over all blocks: KL before → after reconstruction; the chosen one in bold.", ""]
     for name, r in state["rows"].items():
+        if not r["allocate"]:
+            continue
         chosen = r["allocate"]["chosen"]
         lines.append(f"- {name}: " + "; ".join((f"**{_cand(c)}**" if i == chosen else _cand(c))
                                                 for i, c in enumerate(r["merge_search"])))
@@ -109,7 +115,8 @@ def main():
     ap.add_argument("--work", default="build/slim_allocation")
     ap.add_argument("--search-dir", default=None, help="slim search work dir (a copy of a demo sweep's shared/slim-*)")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5, 0.6])
-    ap.add_argument("--allocate", nargs="+", default=["kl", "reconstructed"], choices=["kl", "reconstructed"])
+    ap.add_argument("--allocate", nargs="+", default=["kl", "reconstructed"], choices=["kl", "reconstructed", "drop"],
+                    help="rows per budget: merge with allocate kl / reconstructed, or drop (the learned token drop)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--conclusion", default="")
