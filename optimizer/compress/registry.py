@@ -51,8 +51,6 @@ METHODS = MappingProxyType({
         "gates": "merge after gates would change the tokens the gate nets were calibrated on; put merge first"}),
     # weights only, no structure
     "distill": MethodEntry("optimizer.distill.method", role="recovery", not_after={
-        "merge": "distill after merge is not supported: its manifold loss pairs student and teacher tokens by "
-                 "position, which merged tokens no longer have (slim's token_mode merge recovers before merging)",
         "gates": "distill after gates is not supported: use the gates step's own fine-tune (recovery.steps), "
                  "which keeps the gate groups it was trained with"}),
 })

@@ -2,7 +2,10 @@
 
 Class/distillation tokens are removed from both models (each by its own ``num_prefix_tokens``).
 A student block that outputs only some tokens (``PrunedBlock.token_positions``: original token
-indices, prefix included) is compared with the teacher's output at those same patches.
+indices, prefix included) is compared with the teacher's output at those same patches. A student
+that merges tokens (ToMe, ``optimizer.methods.merge``) is compared token by token with the average
+of the teacher's tokens at the patches each merged token holds (``SourceTap``; the class token is
+never merged).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from ..errors import VitoptError
 class BlockTap:
     """Forward hooks on ``model.blocks[i]`` for ``layers``; ``outputs[i]`` is the last output.
 
-    Use as a context manager so hooks are always removed.
+    Use as a context manager so hooks are always removed. On a token-merging model ``sources[i]``
+    also holds which original tokens each output token of block i stands for (``SourceTap``).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[int]):
@@ -29,6 +33,10 @@ class BlockTap:
         self._handles = []
         for i in self.layers:
             self._handles.append(blocks[i].register_forward_hook(self._hook(i)))
+        from ..methods.merge.block import merge_schedule
+        from ..methods.merge.sources import SourceTap
+        self._sources = SourceTap(model, self.layers) if merge_schedule(model) is not None else None
+        self.sources: dict = self._sources.sources if self._sources is not None else {}
 
     def _hook(self, i):
         def fn(module, inputs, output):
@@ -39,6 +47,8 @@ class BlockTap:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._sources is not None:
+            self._sources.remove()
 
     def __enter__(self) -> "BlockTap":
         return self
@@ -83,13 +93,29 @@ def patch_index_pair(student: nn.Module, s_layer: int, s_tokens: int, teacher: n
     return s_idx, t_idx
 
 
+def merged_pair(a: torch.Tensor, share: torch.Tensor, b: torch.Tensor, prefix: int) -> tuple:
+    """(student tokens, teacher tokens averaged by ``share``) without the prefix tokens, for a student
+    block whose tokens were merged (``share``: (B, Ns, N₀) from ``SourceTap``; the teacher outputs N₀)."""
+    if b.shape[1] != share.shape[-1]:
+        raise VitoptError(f"a token-merging student needs a teacher that keeps every token: the teacher block "
+                          f"outputs {b.shape[1]} tokens, the student merged from {share.shape[-1]}")
+    return a[:, prefix:], (share.to(b.dtype) @ b)[:, prefix:]
+
+
 def matched_features(student: nn.Module, s_out: dict, teacher: nn.Module, t_out: dict,
-                     pairs: Sequence[tuple], cache: Optional[dict] = None) -> tuple:
-    """(student features, teacher features) lists of (B, P, C) patch tokens for each layer pair."""
+                     pairs: Sequence[tuple], cache: Optional[dict] = None, sources: Optional[dict] = None) -> tuple:
+    """(student features, teacher features) lists of (B, P, C) patch tokens for each layer pair
+    (``sources``: ``BlockTap.sources`` of a token-merging student)."""
     fs, ft = [], []
     cache = {} if cache is None else cache
     for s, t in pairs:
         a, b = s_out[s], t_out[t]
+        share = (sources or {}).get(s)
+        if share is not None:
+            x, y = merged_pair(a, share, b, num_prefix_tokens(student))
+            fs.append(x)
+            ft.append(y)
+            continue
         key = (s, t, a.shape[1], b.shape[1])
         if key not in cache:
             si, ti = patch_index_pair(student, s, a.shape[1], teacher, t, b.shape[1])

@@ -347,7 +347,8 @@ def recover(student: nn.Module, teacher: Optional[nn.Module], ctx, cfg: Optional
                     if before_step is not None:
                         before_step(step, x.shape[0])
                     z_s = model(x)
-                    fs, ft = (matched_features(student, tap_s.outputs, teacher, tap_t.outputs, pairs, index_cache)
+                    fs, ft = (matched_features(student, tap_s.outputs, teacher, tap_t.outputs, pairs, index_cache,
+                                               tap_s.sources)
                               if pairs else ([], []))
                 rand_gen = torch.Generator().manual_seed(seed * 1_000_003 + rank * 7_919 + step)
                 terms = loss_fn(z_s, z_t, fs, ft, y, generator=rand_gen)

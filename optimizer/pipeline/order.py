@@ -49,6 +49,19 @@ AT_MOST_ONCE = {
 NOT_TWICE_IN_A_ROW = {"recovery": "two distill steps in a row: give one with more steps or epochs"}
 
 
+# SlimConfig.token_mode's default, here so that loading a recipe imports no torch (tests/sweep/test_order.py
+# checks the two agree)
+SLIM_TOKEN_MODE = "merge"
+
+
+def slim_merges(options: dict) -> bool:
+    """Whether a slim step with these recipe options merges tokens: token_mode merge (SlimConfig's
+    default when not given) with tokens pruned and a MACs budget (``merge.slim_mode.uses_merging``)."""
+    mode = options.get("token_mode", SLIM_TOKEN_MODE)
+    has_params = any(k in options for k in ("params", "params_ratio"))
+    return mode == "merge" and options.get("prune_tokens", True) is not False and not has_params
+
+
 def step_tags(kind: str, options: dict) -> set:
     """The kind of a step plus its group tags (see the module docstring)."""
     tags = {kind}
@@ -56,7 +69,7 @@ def step_tags(kind: str, options: dict) -> set:
         tags.add("compression")
     if kind in RECOVERY:
         tags.add("recovery")
-    if kind == "slim" and options.get("token_mode") == "merge":   # slim's merge mode: the merge rules apply
+    if kind == "slim" and slim_merges(options):   # slim's merge mode: the merge rules apply
         tags.add("merge")
     if kind == "bench":
         backends = options.get("backends", ["onnxruntime", "torch"])

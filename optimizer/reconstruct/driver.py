@@ -89,8 +89,11 @@ def held_out(n: int, fraction: float, seed: int) -> torch.Tensor:
 
 
 def drops_tokens(model: nn.Module) -> bool:
-    """True when some block of ``model`` runs on fewer tokens than it receives (a static token drop)."""
-    return any(getattr(b, "token_index", None) is not None for b in getattr(model, "blocks", ()))
+    """True when some block of ``model`` runs on fewer tokens than it receives: a static token drop, or
+    token merging (whose blocks also carry token sizes, which this driver does not propagate)."""
+    from ..methods.merge.block import merge_schedule
+    return merge_schedule(model) is not None or \
+        any(getattr(b, "token_index", None) is not None for b in getattr(model, "blocks", ()))
 
 
 def _positions(block: nn.Module, previous: list) -> list:
@@ -216,6 +219,10 @@ def reconstruct_model(model: nn.Module, teacher: nn.Module, ctx, cfg: Reconstruc
         raise VitoptError(f"reconstruction needs a ReconstructConfig, got {type(cfg).__name__}")
     asked = cfg.mode
     cfg = cfg.resolved(drops_tokens(model), bool(ctx.calib_dir))
+    from ..methods.merge.block import merge_schedule
+    if cfg.enabled and merge_schedule(model) is not None:
+        raise VitoptError(f"reconstruct mode {cfg.mode} cannot run on a token-merging model (its blocks carry token "
+                          "sizes): use reconstruct: auto or none here; slim's merge mode reconstructs before merging")
     if not cfg.enabled:
         return {"mode": "none", **({"asked": asked} if asked != cfg.mode else {})}
     if teacher is None:

@@ -20,7 +20,7 @@ BAD = [
     ("[{bench: {backends: [onnxruntime]}}]", "step 1 \\(bench\\): bench on onnxruntime needs an export step"),
     ("[export, {bench: {backends: [tensorrt]}}]", "step 2 \\(bench\\): bench on tensorrt needs a build step"),
     ("[distill, slim: {macs: 0.7}]", "step 1 \\(distill\\): distill recovers what a compression step changed"),
-    ("[slim: {macs: 0.7}, slim: {macs: 0.5}]", "step 2 \\(slim\\): two slim steps"),
+    ("[slim: {params: 0.7}, slim: {params: 0.5}]", "step 2 \\(slim\\): two slim steps"),   # macs would merge: "slim after merge"
     ("[lowrank: {params: 0.8}, lowrank: {params: 0.8}]", "step 2 \\(lowrank\\): two lowrank steps"),
     ("[gates: {macs: 0.7}, gates: {macs: 0.6}]", "step 2 \\(gates\\): two gates steps"),
     ("[export, export]", "step 2 \\(export\\): two export steps"),
@@ -29,13 +29,20 @@ BAD = [
     ("[merge: {r: 8}, slim: {macs: 0.7}]", "step 2 \\(slim\\): slim after merge is not supported"),
     ("[lowrank: {params: 0.8}, merge: {r: 8}]", "step 2 \\(merge\\): merge after lowrank"),
     ("[gates: {macs: 0.7}, merge: {r: 8}]", "step 2 \\(merge\\): merge after gates"),
-    ("[merge: {r: 8}, distill]", "step 2 \\(distill\\): distill after merge is not supported"),
     ("[merge: {r: 8}, merge: {r: 4}]", "step 2 \\(merge\\): two merge steps"),
 ]
 # slim's token_mode merge is held to the merge rules (the BAD rows above count each rule once)
 MERGE_MODE = [
-    ("[slim: {macs: 0.7, token_mode: merge}, distill]", "step 2 \\(distill\\): distill after merge"),
+    ("[slim: {macs: 0.7, token_mode: merge}, slim: {params: 0.5}]", "step 2 \\(slim\\): slim after merge"),
+    # merge is slim's default token mode: a MACs budget merges unless told otherwise
+    ("[slim: {macs: 0.7}, slim: {params: 0.5}]", "step 2 \\(slim\\): slim after merge"),
 ]
+
+
+def test_recipe_default_token_mode_is_slim_configs():
+    from optimizer.methods.slim import SlimConfig
+    from optimizer.pipeline.order import SLIM_TOKEN_MODE
+    assert SlimConfig(macs_ratio=0.7).token_mode == SLIM_TOKEN_MODE
 
 
 def test_every_rule_has_a_rejected_recipe():
@@ -52,10 +59,13 @@ def test_nonsensical_order_is_rejected_at_load(tmp_path, steps, msg):
 
 
 @pytest.mark.parametrize("steps", [
-    "[slim: {macs: 0.7}, lowrank: {params: 0.8}, gates: {macs: 0.6}, eval, export, build, bench]",
+    "[slim: {macs: 0.7, token_mode: drop}, lowrank: {params: 0.8}, gates: {macs: 0.6}, eval, export, build, bench]",
+    "[slim: {params: 0.7}, lowrank: {params: 0.8}, gates: {macs: 0.6}, export]",     # a params budget never merges
     "[slim: {macs: 0.7}, distill, lowrank: {params: 0.8}, distill, export]",
     "[slim: {macs: 0.7, token_mode: merge}, gates: {macs: 0.6}, export]",   # gates wrap merging blocks
+    "[slim: {macs: 0.7}, gates: {macs: 0.6}, export]",                      # (merge is slim's default)
     "[merge: {r: 8}, gates: {macs: 0.6}, export]",
+    "[merge: {r: 8}, distill, export]",     # the manifold loss compares merged tokens with their patches' mean
     "[eval, lowrank: {params: 0.8}, eval, export, {bench: {backends: [torch, onnxruntime]}}]",
     "[{bench: {backends: [torch]}}, export, build, {bench: {backends: [onnxruntime, tensorrt]}}]",
 ])

@@ -114,11 +114,6 @@ def reconstruct_gates(model, teacher, ctx: CompressContext, cfg: GatesConfig, lo
     loader}, built when None. Returns the reconstruction report (with the recalibration).
     Example: ``reconstruct_gates(gated, dense, ctx, GatesConfig(reconstruct=ReconstructConfig("closed_form")))``
     """
-    from ..merge.block import merge_schedule
-    if cfg.reconstruct.enabled and merge_schedule(model) is not None:
-        # the driver runs blocks on token tensors alone; a merging block also carries token sizes
-        ctx.say("gates: reconstruction skipped: the model merges tokens (not supported for merging blocks)")
-        return {"mode": "none", "asked": cfg.reconstruct.mode, "skipped": "the model merges tokens"}
     report = reconstruct_model(model, teacher, ctx, cfg.reconstruct, group_sizes=cfg.calib_groups)
     if not any(row.get("kept") for row in report.get("blocks", ())):
         return report

@@ -19,7 +19,9 @@ size equal to PyTorch within the fp32 tolerance, and TensorRT for RTX builds an 
 Modules: ``matching`` (bipartite soft matching, destinations, one-hot merge), ``block``
 (MergeAttention with proportional attention, TokenMergeBlock, MergeBlocks), ``schedule``
 (closed-form MACs, budget -> static schedule), ``config``, ``method`` (apply / rebuild / structure),
-``slim_mode`` (slim's ``token_mode="merge"``).
+``slim_mode`` (slim's ``token_mode="merge"``, its default), ``allocation`` (slim's candidates ranked
+after a closed-form reconstruction), ``sources`` (which original tokens each merged token holds: the
+distillation's teacher targets).
 """
 from ...compress.registry import register_method
 from .block import MergeBlocks, TokenMergeBlock, merge_schedule, merge_tokens

@@ -5,11 +5,13 @@ block (0, 2, 4, ... up to what merging alone needs), the widths are bisected (sl
 rounding, tokens never dropped) so that the counted MACs of widths + schedule meet the target, then
 the schedule is re-fitted to those widths (``schedule_for_macs``). Every candidate is sliced and
 merged on a copy and scored by its KL to the dense teacher on ``token_eval_images`` calibration
-images; the lowest wins. A learned search with frozen weights tunes the LayerNorms to its soft
-masks (token drop included), which hurts a model that keeps every token's content: each candidate is
-scored with the searched and with the dense norms (``norms`` in the report). Recovery (slim's fine-tune) runs on the sliced model before the merge
-(manifold distillation pairs tokens by position, which merged tokens no longer have); merging
-needs no training.
+images; the lowest wins. With ``allocate: reconstructed`` each split is instead scored after a
+closed-form reconstruction, on images other than those it was fitted on (``allocation``). A learned
+search with frozen weights tunes the LayerNorms to its soft masks (token drop included), which hurts a
+model that keeps every token's content: each candidate is scored with the searched and with the dense
+norms (``norms`` in the report). Reconstruction and recovery (slim's fine-tune) run on the sliced
+model before the merge (the reconstruction compares one token sequence per block with the dense
+model's); merging needs no training.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 
 from ...errors import VitoptError
 from ...progress import progress
+from .allocation import rank_after_reconstruction
 from .block import merge_tokens
 from .method import structure_of
 from .schedule import BlockShape, MacsModel, closest_by_bisection, schedule_for_macs, spread_schedule
@@ -141,13 +144,22 @@ def slim_with_merging(model, res, cfg, geo, ctx, teacher, recover) -> tuple:
     norm_sources = {"search": model}
     if _norms_differ(model, teacher):
         norm_sources["dense"] = _with_norms_of(copy.deepcopy(model), teacher)
-    cands = [(plan, sched, src) for plan, sched in candidates(rank, geo, mm, cfg) for src in norm_sources]
-    scored = []
-    for plan, sched, src in progress(cands, desc="slim merge schedule", unit="candidate"):
-        base = copy.deepcopy(norm_sources[src])
-        trial = merge_tokens(slice_model(base, plan, geo, attn_scale, mlp_scale), sched).eval()
-        scored.append(teacher_kl([trial], teacher, ctx, cfg.token_eval_images, cfg.batch_size)[0])
-    best = min(range(len(cands)), key=lambda i: (scored[i], i))
+    splits = candidates(rank, geo, mm, cfg)
+    cands = [(plan, sched, src) for plan, sched in splits for src in norm_sources]
+    if cfg.allocate == "reconstructed":
+        rows, best = rank_after_reconstruction(
+            splits, norm_sources, teacher, ctx, cfg,
+            lambda m, plan: slice_model(copy.deepcopy(m), plan, geo, attn_scale, mlp_scale))
+        scored = [r["kl"] for r in rows]
+        after = [r["kl_reconstructed"] for r in rows]
+    else:
+        scored = []
+        for plan, sched, src in progress(cands, desc="slim merge schedule", unit="candidate"):
+            base = copy.deepcopy(norm_sources[src])
+            trial = merge_tokens(slice_model(base, plan, geo, attn_scale, mlp_scale), sched).eval()
+            scored.append(teacher_kl([trial], teacher, ctx, cfg.token_eval_images, cfg.batch_size)[0])
+        best = min(range(len(cands)), key=lambda i: (scored[i], i))
+        after = [None] * len(cands)
     plan, sched, src = cands[best]
     if src == "dense":
         model = _with_norms_of(model, teacher)
@@ -167,7 +179,12 @@ def slim_with_merging(model, res, cfg, geo, ctx, teacher, recover) -> tuple:
               "widths": [{"heads": p.num_heads, "head_dim": p.head_dim, "mlp": len(p.units)} for p in plan],
               "merge_search": [{"mean_r": round(sum(s) / len(s), 3), "schedule": s, "norms": n,
                                 "attn_width": sum(p.num_heads * p.head_dim for p in pl),
-                                "mlp_hidden": sum(len(p.units) for p in pl), "kl": round(k, 5)}
-                               for (pl, s, n), k in zip(cands, scored)],
+                                "mlp_hidden": sum(len(p.units) for p in pl), "kl": round(k, 5),
+                                **({} if cfg.allocate == "kl" else
+                                   {"kl_reconstructed": None if a is None else round(a, 5)})}
+                               for (pl, s, n), k, a in zip(cands, scored, after)],
+              "allocate": {"by": cfg.allocate, "chosen": best,
+                           **({} if cfg.allocate == "kl" else {"fit_images": cfg.allocate_images,
+                                                              "score_images": cfg.token_eval_images})},
               "recovery": recovery}
     return model, structure, report

@@ -10,6 +10,7 @@ from ...reconstruct.config import ReconstructConfig
 IMPORTANCES = ("learned", "taylor", "magnitude")
 RANKINGS = ("global", "per_type")
 TOKEN_MODES = ("drop", "merge")
+ALLOCATIONS = ("kl", "reconstructed")
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,25 @@ class SlimConfig(MethodConfig):
     types; "per_type" keeps the same fraction of each mask type by mask value (the paper's rule).
     Search defaults follow the paper (l1 weights 2e-4 / 5e-5 / 1e-4, AdamW, token z init 3) except
     ``mask_lr``: a short search (a few hundred steps instead of 50 epochs) needs larger steps.
-    ``token_mode`` (with ``prune_tokens`` and a MACs budget): "drop" removes the learned token set per
-    block (a static gather); "merge" keeps every token's content by merging (ToMe, a static per-block
-    schedule that the budget search picks together with the widths, ``optimizer.methods.merge``),
-    candidates scored on ``token_eval_images`` calibration images.
+    ``token_mode`` (with ``prune_tokens`` and a MACs budget; a params budget is met by widths alone):
+    "merge" (default) keeps every token's content by merging (ToMe, a static per-block schedule that the
+    budget search picks together with the widths, ``optimizer.methods.merge``), candidates scored on
+    ``token_eval_images`` calibration images; "drop" removes the learned token set per block (a static
+    gather). Merge is the default because it kept more agreement with the dense DeiT-Tiny at equal MACs
+    (one 24-step search, no recovery: 91.4 vs 88.2 % at 0.75 MACs, 79.2 vs 75.6 % at 0.5;
+    benchmarks/results/token_merge.md). After a merging slim step: distill compares each merged token
+    with the mean of the teacher's tokens it holds; lowrank, export and the rebuild work; gates do not.
+    ``allocate`` (merge mode): how those candidates (splits of the budget between widths and merging)
+    are ranked — "kl": KL to the teacher as sliced and merged; "reconstructed": each split is sliced,
+    reconstructed in closed form on ``allocate_images`` calibration images (the step the chosen model
+    then goes through on ``reconstruct.images``), merged and scored on ``token_eval_images`` *other*
+    calibration images, so a MACs budget can buy widths that reconstruction repairs
+    (``optimizer.methods.merge.allocation``; cost: one closed-form pass per split, about 12 splits at
+    0.5 MACs on DeiT-Tiny). It needs reconstruction on (``reconstruct`` mode other than "none").
+    Default "kl": on DeiT-Tiny (one 24-step search, benchmarks/results/slim_allocation.md) both rankings
+    chose the same split at 0.75 MACs (merging alone at full width, 93.3 % val agreement after the
+    closed form) while "reconstructed" took 795 s instead of 535 s; the widths-heavy splits gain the
+    most from reconstruction (KL 1.08 -> 0.84) but stay far behind merging (0.03).
     Recovery (``recovery``, the RecoveryConfig every method shares): one epoch of manifold + logit
     distillation; ``recovery.holdout`` of the calibration images are held out and the weights with the
     lowest KL to the teacher on them are kept (never worse than the unrecovered slice on them).
@@ -48,8 +64,10 @@ class SlimConfig(MethodConfig):
     prune_attention: bool = True
     prune_mlp: bool = True
     prune_tokens: bool = True
-    token_mode: str = "drop"
+    token_mode: str = "merge"
     token_eval_images: int = 64
+    allocate: str = "kl"
+    allocate_images: int = 128
     # search
     w_attn: float = 2e-4
     w_mlp: float = 5e-5
@@ -80,7 +98,8 @@ class SlimConfig(MethodConfig):
         if not isinstance(self.multiple, int) or self.multiple < 1:
             raise ValueError(f"multiple must be a positive integer, got {self.multiple!r}")
         for name, value, allowed in (("ranking", self.ranking, RANKINGS), ("importance", self.importance, IMPORTANCES),
-                                     ("token_mode", self.token_mode, TOKEN_MODES)):
+                                     ("token_mode", self.token_mode, TOKEN_MODES),
+                                     ("allocate", self.allocate, ALLOCATIONS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not (self.prune_attention or self.prune_mlp or self.prune_tokens):
@@ -93,7 +112,10 @@ class SlimConfig(MethodConfig):
             raise ValueError(f"recovery must be a RecoveryConfig, got {self.recovery!r}")
         if not isinstance(self.reconstruct, ReconstructConfig):
             raise ValueError(f"reconstruct must be a ReconstructConfig, got {self.reconstruct!r}")
-        for name in ("batch_size", "checkpoint_every", "baseline_batches", "token_eval_images"):
+        if self.allocate == "reconstructed" and not self.reconstruct.enabled:
+            raise ValueError("allocate reconstructed ranks candidates after reconstruction: set reconstruct mode "
+                             "auto / closed_form (or allocate kl)")
+        for name in ("batch_size", "checkpoint_every", "baseline_batches", "token_eval_images", "allocate_images"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
