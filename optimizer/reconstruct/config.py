@@ -26,7 +26,7 @@ class ReconstructConfig(TypedOptions):
                 "blockwise": Adam on each block's output MSE against the dense block, structure fixed;
                 "both": the closed form, then the block-wise tune from it;
                 "auto": "closed_form" when every block keeps all its tokens, "none" when the model drops
-                tokens or no calibration images are given (the report says which; measured on DeiT-Tiny, benchmarks/results/reconstruct_lab.md: the closed form
+                or merges tokens or no calibration images are given (the report says which; measured on DeiT-Tiny, benchmarks/results/reconstruct_lab.md: the closed form
                 raised structure-only slim at 0.75 params from 59.5 to 71.5 % val agreement with dense, but
                 lowered the token-dropping slim 0.75 MACs from 88.2 to 87.4 %; lowrank 0.75 params
                 49.9 -> 59.5 %)
