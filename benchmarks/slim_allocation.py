@@ -14,22 +14,19 @@ Results: benchmarks/results/slim_allocation.{json,md}; rows are cached in ``--wo
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _harness import provenance, write_result  # noqa: E402
-from optimizer.compress import CompressContext, compress  # noqa: E402
 from optimizer.compress.config import RecoveryConfig  # noqa: E402
 from optimizer.fileio import write_json  # noqa: E402
 from optimizer.methods.slim import SlimConfig  # noqa: E402
 # the token-merge benchmark's dense model, val evaluation and (demo sweep) search settings: same rows, same numbers
-from token_merge import DEMO_SEARCH, dense_model, evaluate_row  # noqa: E402
+from token_merge import DEMO_SEARCH, dense_model, slim_row  # noqa: E402
 
 
 def run_rows(args, state):
@@ -43,17 +40,9 @@ def run_rows(args, state):
                 continue
             cfg = SlimConfig(macs_ratio=budget, token_mode=mode, allocate="kl" if mode == "drop" else allocate,
                              recovery=RecoveryConfig(loss="none"), **DEMO_SEARCH)
-            ctx = CompressContext(calib_dir=args.train, teacher=dense, workers=args.workers, seed=0,
-                                  work_dir=args.search_dir, log=lambda s: print(s, file=sys.stderr))
-            t0 = time.perf_counter()
-            cm = compress(copy.deepcopy(dense), [cfg], ctx)
-            seconds = time.perf_counter() - t0
+            cm, row = slim_row(cfg, dense, args)
             rep = cm.steps[0]["report"]
-            row = evaluate_row(cm.model, dense, args)
-            row.update({"macs_ratio": rep["macs_ratio"], "params_ratio": rep["params_ratio"],
-                        "compress_seconds": round(seconds, 1), "search_steps": rep["importance"].get("steps"),
-                        "schedule": rep.get("schedule"), "norms": rep.get("norms"), "allocate": rep.get("allocate"),
-                        "merge_search": rep.get("merge_search") or [], "widths": rep["widths"],
+            row.update({"norms": rep.get("norms"), "allocate": rep.get("allocate"),
                         "reconstruct": {k: rep["reconstruct"].get(k) for k in ("mode", "asked", "images", "seconds")}})
             rows[name] = row
             print(name, {k: row[k] for k in ("macs_ratio", "params_ratio", "agreement", "top1", "compress_seconds")},

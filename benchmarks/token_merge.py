@@ -80,6 +80,23 @@ def stage_eval(args, state):
         save_state(args, state)
 
 
+def slim_row(cfg, dense, args) -> tuple:
+    """``dense`` compressed by slim ``cfg`` from the cached search in ``args.search_dir``, evaluated:
+    (compressed model, row with the report's ratios, schedule, merge candidates, widths and compress seconds)."""
+    ctx = CompressContext(calib_dir=args.train, teacher=dense, workers=args.workers, seed=0,
+                          work_dir=args.search_dir, log=lambda s: print(s, file=sys.stderr))
+    t0 = time.perf_counter()
+    cm = compress(copy.deepcopy(dense), [cfg], ctx)
+    seconds = time.perf_counter() - t0
+    rep = cm.steps[0]["report"]
+    row = evaluate_row(cm.model, dense, args)
+    row.update({"macs_ratio": rep["macs_ratio"], "params_ratio": rep["params_ratio"],
+                "compress_seconds": round(seconds, 1), "search_steps": rep["importance"].get("steps"),
+                "schedule": rep.get("schedule"), "merge_search": rep.get("merge_search") or [],
+                "widths": rep["widths"]})
+    return cm, row
+
+
 def stage_slim(args, state):
     dense = dense_model(args)
     rows = state.setdefault("slim", {})
@@ -87,17 +104,8 @@ def stage_slim(args, state):
         for mode in args.modes:
             name = f"slim{budget:g}_{mode}"
             cfg = SlimConfig(macs_ratio=budget, token_mode=mode, recovery=RecoveryConfig(loss="none"), **DEMO_SEARCH)
-            ctx = CompressContext(calib_dir=args.train, teacher=dense, workers=args.workers, seed=0,
-                                  work_dir=args.search_dir, log=lambda s: print(s, file=sys.stderr))
-            t0 = time.perf_counter()
-            cm = compress(copy.deepcopy(dense), [cfg], ctx)
-            seconds = time.perf_counter() - t0
-            rep = cm.steps[0]["report"]
-            row = evaluate_row(cm.model, dense, args)
-            row.update({"macs_ratio": rep["macs_ratio"], "params_ratio": rep["params_ratio"],
-                        "compress_seconds": round(seconds, 1), "search_reused": rep["importance"].get("steps"),
-                        "schedule": rep.get("schedule"), "merge_search": rep.get("merge_search"),
-                        "widths": rep["widths"]})
+            cm, row = slim_row(cfg, dense, args)
+            row["search_reused"] = row.pop("search_steps")
             rows[name] = row
             torch.save({"structure": cm.steps[0]["structure"], "state_dict": cm.model.state_dict()},
                        Path(args.work) / f"{name}.pt")
