@@ -16,11 +16,13 @@ FAST = ["--set", "steps=1", "--set", "batch_size=2", "--set", "recovery=none", "
 
 @pytest.fixture(scope="module")
 def slimmed(broken, tmp_path_factory):
-    """A slim-compressed test_vit made from good.pth, and the work directory of its mask search."""
+    """A slim-compressed test_vit made from good.pth (token drop: the tests edit its token_index), and the
+    work directory of its mask search."""
     from optimizer.cli.main import main
     root = tmp_path_factory.mktemp("slimmed")
     rc = main(["compress", "--method", "slim", "--model", ARCH, "--checkpoint", broken["good_pth"], "--calib",
-               broken["data"], "--macs", "0.6", "-o", str(root / "model"), "--work-dir", str(root / "wd"), *FAST])
+               broken["data"], "--macs", "0.6", "-o", str(root / "model"), "--work-dir", str(root / "wd"), *FAST,
+               "--set", "token_mode=drop"])
     assert rc == 0
     return root
 
