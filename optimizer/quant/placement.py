@@ -5,6 +5,12 @@ graph optimiser turns ``DQ -> MatMul`` into ``MatMulIntegerToFloat`` / ``QLinear
 Softmax and GELU have no INT8 kernel in either and stay FP32 (modelopt's default placement too).
 Attention's activation x activation MatMuls are left FP32: neither runtime gains from them on CPU,
 and they carry the softmax's dynamic range.
+
+Index arithmetic stays FP32 too: a MatMul whose activation is a boolean mask cast to float (token
+merging's running count of kept tokens, ``kept @ triu(ones)``, see methods/merge/matching.py) has a
+constant weight but computes integers that are then compared for equality. INT8 scales make them
+3.0000002 instead of 3, the equality picks no token, and a merged model's output collapses (measured:
+min cosine 0.05 vs FP32 on slim 0.5 with token merging, int8_dynamic, before this rule).
 """
 from __future__ import annotations
 
@@ -13,6 +19,10 @@ from typing import Dict, List, Optional, Tuple
 
 from ..errors import VitoptError
 from .config import MIN_OPSET, QuantConfig
+
+# ops whose output is boolean: a Cast of one to float is a 0/1 mask
+BOOLEAN_OPS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Not", "IsNaN",
+               "IsInf"}
 
 # ops that mean the graph is already quantized
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv",
@@ -63,6 +73,15 @@ def _initializers(proto) -> Dict[str, object]:
     return {i.name: i for i in proto.graph.initializer}
 
 
+def is_mask(name: str, producer: Dict[str, object]) -> bool:
+    """True when tensor ``name`` is a boolean comparison cast to a number (a 0/1 mask)."""
+    n = producer.get(name)
+    if n is None or n.op_type != "Cast" or not n.input:
+        return False
+    src = producer.get(n.input[0])
+    return src is not None and src.op_type in BOOLEAN_OPS
+
+
 def find_targets(proto, config: QuantConfig) -> Tuple[List[Target], Dict[str, str]]:
     """The nodes to quantize and, for every other node of ``config.op_types``, why it is skipped."""
     import onnx
@@ -95,6 +114,9 @@ def find_targets(proto, config: QuantConfig) -> Tuple[List[Target], Dict[str, st
                 gather, w_name = g.name, g.input[0]
         if w_name not in inits:
             skipped[name] = "activation x activation (no constant weight): kept FP32"
+            continue
+        if is_mask(n.input[0], producer):
+            skipped[name] = "index arithmetic (its activation is a boolean mask): kept FP32, exact"
             continue
         w = inits[w_name]
         if w.data_type != onnx.TensorProto.FLOAT:
