@@ -1,4 +1,5 @@
 """Labels come from the synset list, never folder order; unreadable images are counted by name."""
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +55,15 @@ def test_bad_batch_and_missing_dir(tiny_model, tmp_path):
 def test_mini_val_label_order(mini_val):
     lm = find_label_map(mini_val)
     assert lm.index["n01440764"] == 0 and lm.index["n15075141"] == 999
+
+
+@pytest.mark.parametrize("total,count", [(10, 4), (7, 7), (5, 9), (1023, 64), (3, 0)])
+def test_spaced_indices_are_distinct_ascending_and_cover_the_range(total, count):
+    from optimizer.data.folder import spaced_indices
+    idx = spaced_indices(total, count)
+    assert len(idx) == min(total, count)
+    assert idx == sorted(set(idx)) and all(0 <= i < total for i in idx)
+    if idx:
+        # evenly spread: consecutive gaps differ by at most one, and the first image is always taken
+        gaps = np.diff([*idx, total])
+        assert idx[0] == 0 and gaps.max() - gaps.min() <= 1

@@ -18,6 +18,14 @@ def list_images(root: Path) -> list:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+def spaced_indices(total: int, count: int) -> list:
+    """``min(count, total)`` indices spread evenly over ``range(total)``: the calibration images every
+    method reads (a folder sorted by class gives every class its share). Ascending, distinct.
+    Example: ``spaced_indices(10, 4) == [0, 2, 5, 7]``"""
+    n = min(int(count), int(total))
+    return [int(i * total / n) for i in range(n)] if n > 0 else []
+
+
 class ImageFolderData(Dataset):
     """(image tensor, label) pairs; an unreadable image yields ``None`` and is counted by the collate.
 

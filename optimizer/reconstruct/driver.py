@@ -48,15 +48,16 @@ def calibration_images(ctx, model, count: int, batch_size: int) -> tuple:
     """This rank's share of ``count`` evenly spaced images of ``ctx.calib_dir`` (eval transform), in batches;
     returns ([(global image indices, images)], number of images over all ranks)."""
     from torch.utils.data import DataLoader, Subset
-    from ..data.folder import ImageFolderData, collate, eval_transform
+    from ..data.folder import collate, spaced_indices
     if not ctx.calib_dir:
         raise VitoptError("reconstruction needs calibration images (--calib DIR)")
-    ds = ImageFolderData(ctx.calib_dir, eval_transform(model), synsets=ctx.synsets, labeled=False)
-    n = min(count, len(ds))
+    ds = ctx.calib_dataset(model)
+    every = spaced_indices(len(ds), count)
+    n = len(every)
     if n == 0:
         raise VitoptError(f"no images in {ctx.calib_dir} to reconstruct from")
     mine = shard_indices(n)
-    spaced = [int(i * len(ds) / n) for i in mine]
+    spaced = [every[i] for i in mine]
     loader = DataLoader(_Indexed(Subset(ds, spaced), mine), batch_size=batch_size, shuffle=False,
                         num_workers=ctx.workers, collate_fn=collate)
     # an unreadable image is dropped from its batch: the indices come with the readable ones, so the

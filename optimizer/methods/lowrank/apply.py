@@ -355,9 +355,8 @@ def calibration_batches(ctx, model, cfg: LowRankConfig):
         raise VitoptError("lowrank needs calibration images (--calib DIR)")
     with dist.agree_on_errors():
         ds = ctx.calib_dataset(model)
-    n = min(cfg.calib_images, len(ds))
-    idx = [int(i * len(ds) / n) for i in range(n)]
-    loader = dist.sharded_loader(Subset(ds, idx), cfg.batch_size, shuffle=False, workers=ctx.workers,
+    from ...data.folder import spaced_indices
+    loader = dist.sharded_loader(Subset(ds, spaced_indices(len(ds), cfg.calib_images)), cfg.batch_size, shuffle=False, workers=ctx.workers,
                                  whole_batches=True)
     rank, world = dist.rank_world()
     device = torch.device(ctx.device)

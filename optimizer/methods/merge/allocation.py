@@ -24,13 +24,13 @@ def split_images(total: int, fit: int, score: int) -> tuple:
     """(fit indices, score indices) into a folder of ``total`` images: the fit images are those
     ``reconstruct_model`` takes for ``images=fit`` (evenly spaced), the score images are evenly spaced
     over the others; VitoptError when fewer than ``score`` are left."""
-    n = min(fit, total)
-    fitted = sorted({int(i * total / n) for i in range(n)}) if n else []
+    from ...data.folder import spaced_indices
+    fitted = spaced_indices(total, fit)
     rest = sorted(set(range(total)) - set(fitted))
     if len(rest) < score:
-        raise VitoptError(f"allocate reconstructed needs {score} calibration images besides the {n} it fits on, "
-                          f"the folder has {total}: lower allocate_images or token_eval_images")
-    return fitted, [rest[int(i * len(rest) / score)] for i in range(score)]
+        raise VitoptError(f"allocate reconstructed needs {score} calibration images besides the {len(fitted)} it "
+                          f"fits on, the folder has {total}: lower allocate_images or token_eval_images")
+    return fitted, [rest[i] for i in spaced_indices(len(rest), score)]
 
 
 def reconstruct_config_for_candidates(base, images: int, batch_size: int):
