@@ -132,11 +132,16 @@ class Method:
     # the form the model exports in: a context manager (model, export options) -> (model to export,
     # vitopt.* metadata); None: the model exports as it is (see optimizer.deploy.export_form)
     export_form: Optional[Callable] = None
+    # data-dependent discrete decisions the method's modules take (token matching): a context manager
+    # yielding a list that receives, per forward pass inside it, each sample's margin to another decision
+    # as an (N,) tensor; the export parity check judges samples at a near-tie by cosine
+    # (optimizer.deploy.chain.decision_margins); None: the method takes no such decision
+    decision_margins: Optional[Callable] = None
 
 
 def register_method(name: str, config_cls: type, apply: Callable, rebuild: Callable, description: str = "",
-                    export_form: Optional[Callable] = None) -> Method:
-    m = Method(name, config_cls, apply, rebuild, description, export_form)
+                    export_form: Optional[Callable] = None, decision_margins: Optional[Callable] = None) -> Method:
+    m = Method(name, config_cls, apply, rebuild, description, export_form, decision_margins)
     config_cls.method = name
     _REGISTRY[name] = m
     return m

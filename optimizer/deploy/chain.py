@@ -48,6 +48,16 @@ def export_form(model, options: DeployOptions):
         yield model, meta
 
 
+@contextlib.contextmanager
+def decision_margins():
+    """Lists that receive per-sample decision margins of the registered methods' discrete decisions
+    (registry ``decision_margins`` hooks: token matching) taken inside the block."""
+    from ..compress.registry import registered_methods
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(m.decision_margins()) for m in registered_methods()
+               if m.decision_margins is not None]
+
+
 def export_step(model, options: DeployOptions, description: Optional[str] = None):
     """torch -> ONNX proto with a dynamic batch axis: ``(proto, report)``."""
     from ..export import proto_from_torch
@@ -83,7 +93,7 @@ def parity_step(model, proto, inputs: ParityInputs, precision: str, atol: float)
         path = os.path.join(tmp, "m.onnx")
         save_onnx(proto, path, check=False)
         res = check_parity(model, path, inputs.images, atol=atol if p.min_cosine is None else float("inf"),
-                           raise_on_fail=False)
+                           raise_on_fail=False, margins=decision_margins)
     if p.min_cosine is None and not res.passed:
         raise VitoptError(f"{precision} ONNX output differs from PyTorch: {res} on {inputs.source}")
     if p.min_cosine is not None and not res.cosine >= p.min_cosine:

@@ -84,3 +84,73 @@ def test_int8_keeps_the_merge_index_arithmetic_exact(exported, mode):
     ref, out = run(result.proto), run(q)
     cos = (ref * out).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out, axis=1)
     assert cos.min() >= tolerance_for("int8").min_cosine
+
+
+def test_recorded_margins_are_the_gaps_of_each_decision():
+    """Oracle: a numpy recomputation of both gaps per sample: the r-th vs (r+1)-th best A score (which
+    tokens merge) and, over the merged A tokens, best vs second-best B score (where they merge)."""
+    from optimizer.methods.merge.matching import recording_margins
+    torch.manual_seed(0)
+    metric = torch.randn(3, 17, 8)
+    r = 4
+    with recording_margins() as rec:
+        _, src, _ = __import__("optimizer.methods.merge", fromlist=["match_tokens"]).match_tokens(metric, r)
+    assert len(rec) == 1 and rec[0].shape == (3,)
+    m = metric.double().numpy()
+    m = m / np.linalg.norm(m, axis=-1, keepdims=True)
+    for b in range(3):
+        scores = m[b, 0::2] @ m[b, 1::2].T
+        best = scores.max(-1)
+        best[0] = -2.0
+        s = np.sort(best)[::-1]
+        top2 = np.sort(scores, axis=-1)[:, -2:]
+        where = (top2[:, 1] - top2[:, 0])[src[b].numpy()].min()
+        assert rec[0][b].item() == pytest.approx(min(s[r - 1] - s[r], where), abs=1e-6)
+
+
+def test_deploy_hook_records_one_margin_per_merging_block(exported):
+    from optimizer.deploy.chain import decision_margins
+    model, _, _ = exported
+    with torch.no_grad(), decision_margins() as lists:
+        model(torch.randn(5, 3, 32, 32))
+    got = [t for lst in lists for t in lst]
+    assert len(got) == 3 and all(t.shape == (5,) and torch.isfinite(t).all() for t in got)
+
+
+class _Nudged(torch.nn.Module):
+    """The exported model with sample 1's logits moved by ``delta`` in PyTorch only."""
+
+    def __init__(self, model, delta):
+        super().__init__()
+        self.model, self.delta = model, delta
+
+    def forward(self, x):
+        y = self.model(x).clone()
+        y[1] += self.delta
+        return y
+
+
+@pytest.mark.parametrize("margin,scale,passes", [(1e-8, 0.05, True),    # near-tie, small change: cosine
+                                                 (1e-2, 0.05, False),   # no near-tie: atol applies
+                                                 (1e-8, 5.0, False)])   # near-tie, but the output moved
+def test_parity_judges_a_near_tie_sample_by_cosine_and_every_other_by_atol(exported, margin, scale, passes):
+    import contextlib
+    from optimizer.export import check_parity
+    from optimizer.tolerances import NEAR_TIE
+    model, _, path = exported
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        base = model(x)
+    delta = scale * base[1].abs().mean() * torch.linspace(-1, 1, base.shape[1])
+
+    @contextlib.contextmanager
+    def margins():
+        yield [[torch.tensor([1.0, margin, 1.0, 1.0])]]
+    res = check_parity(_Nudged(model, delta), str(path), x, atol=1e-4, raise_on_fail=False, margins=margins)
+    cos = torch.nn.functional.cosine_similarity(base[1], base[1] + delta, dim=0).item()
+    assert res.passed is passes
+    assert res.near_ties == (1 if margin < NEAR_TIE["margin"] else 0)
+    assert passes == (margin < NEAR_TIE["margin"] and cos >= NEAR_TIE["min_cosine"])
+    plain = check_parity(_Nudged(model, delta), str(path), x, atol=1e-4, raise_on_fail=False)
+    assert not plain.passed and plain.near_ties == 0

@@ -26,12 +26,13 @@ distillation's teacher targets).
 from ...compress.registry import register_method
 from .block import MergeBlocks, TokenMergeBlock, merge_schedule, merge_tokens
 from .config import MergeConfig
-from .matching import match_tokens, merge_weighted
+from .matching import match_tokens, merge_weighted, recording_margins
 from .method import apply, rebuild, structure_of
 from .schedule import MacsModel, merged_block_macs, schedule_for_macs
 
 register_method("merge", MergeConfig, apply, rebuild,
-                "ToMe token merging: bipartite soft matching on the keys, size-weighted merges, proportional attention")
+                "ToMe token merging: bipartite soft matching on the keys, size-weighted merges, proportional attention",
+                decision_margins=recording_margins)
 
 __all__ = ["MergeConfig", "apply", "rebuild", "structure_of", "merge_tokens", "merge_schedule", "MergeBlocks",
            "TokenMergeBlock", "match_tokens", "merge_weighted", "MacsModel", "merged_block_macs",

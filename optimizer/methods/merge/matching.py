@@ -23,7 +23,43 @@ no CumSum.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+# lists receiving per-sample decision margins while ``recording_margins`` is active (parity checks only)
+_RECORDERS: list = []
+
+
+@contextlib.contextmanager
+def recording_margins():
+    """Record how close every ``match_tokens`` call inside the block came to another decision: yields a
+    list that receives one (B,) tensor per call, each sample's smallest margin — the gap between the
+    r-th and (r+1)-th best A scores (which tokens merge) and, for each merged A token, between its best
+    and second-best B score (where it merges). Two runtimes whose fp32 scores differ by ~1e-7 may take
+    another decision below such a margin (``optimizer.tolerances.NEAR_TIE``).
+    Example: ``with recording_margins() as m: model(x)``; ``torch.stack(m).amin(0)``"""
+    rec: list = []
+    _RECORDERS.append(rec)
+    try:
+        yield rec
+    finally:
+        _RECORDERS.remove(rec)
+
+
+def _margins(scores: torch.Tensor, best: torch.Tensor, src: torch.Tensor, r: int) -> torch.Tensor:
+    """(B,) smallest decision margin of one matching (see ``recording_margins``); inf when r == 0."""
+    inf = torch.full((scores.shape[0],), float("inf"), dtype=torch.float64, device=scores.device)
+    if r == 0:
+        return inf
+    s = best.double().sort(dim=-1, descending=True).values
+    gap = s[:, r - 1] - s[:, r] if r < s.shape[1] else inf
+    if scores.shape[-1] > 1:
+        top2 = scores.double().topk(2, dim=-1).values                     # (B, Na, 2)
+        where = (top2[..., 0] - top2[..., 1]).gather(1, src).amin(-1)    # merged tokens only
+    else:
+        where = inf
+    return torch.minimum(gap, where)
 
 
 def match_tokens(metric: torch.Tensor, r: int, protect_first: bool = True) -> tuple:
@@ -58,6 +94,10 @@ def match_tokens(metric: torch.Tensor, r: int, protect_first: bool = True) -> tu
     unmerged = (slot[:, None, :] == ks[: na - r, None]).to(dt).argmax(-1)   # (B, Na - r)
     src = (rank[:, None, :] == ks[:r, None]).to(dt).argmax(-1)              # (B, r)
     dst = best_b.gather(1, src)
+    if _RECORDERS:
+        m = _margins(scores.detach(), best.detach(), src, r)
+        for rec in _RECORDERS:
+            rec.append(m)
     return unmerged, src, dst
 
 
