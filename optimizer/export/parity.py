@@ -48,21 +48,17 @@ def ort_session(onnx_path, threads: Optional[int] = None, allow_spinning: bool =
     return _session(onnx_path, threads=threads or _torch_threads(), allow_spinning=allow_spinning)
 
 
-@contextlib.contextmanager
-def _none():
-    yield None
-
-
 def _judge_near_ties(ref, out, res: ParityResult, margin) -> ParityResult:
     """``res`` re-judged per sample: outside atol passes only at a near-tie with the cosine NEAR_TIE asks."""
     import numpy as np
+    from ..runners.compare import row_cosines
     from ..tolerances import NEAR_TIE
     a = ref.reshape(ref.shape[0], -1).astype(np.float64)
     b = out.reshape(out.shape[0], -1).astype(np.float64)
     if not (np.isfinite(a).all() and np.isfinite(b).all()) or margin.shape[0] != a.shape[0]:
         return res
     bad = np.abs(a - b).max(1) > res.atol
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    cos = row_cosines(a, b)
     tie = bad & (margin < NEAR_TIE["margin"])
     ok = not (bad & ~tie).any() and bool((cos[tie] >= NEAR_TIE["min_cosine"]).all())
     return replace(res, passed=ok, near_ties=int(tie.sum()),
@@ -112,8 +108,7 @@ def check_parity(model, onnx_path, inputs, atol: float = 1e-4, raise_on_fail: bo
     x = inputs.detach().float().cpu().contiguous()
     with OrtRunner(onnx_path, threads=threads or _torch_threads()) as runner:
         out = runner.infer({runner.input_name: x.numpy().astype(np.float32)})[runner.output_names[0]]
-    recorded: list = []
-    with torch.no_grad(), (margins() if margins is not None else _none()) as lists:
+    with torch.no_grad(), (margins() if margins is not None else contextlib.nullcontext()) as lists:
         p = next(iter(model.parameters()), None)
         ref = model.eval()(x.to(p.device) if p is not None else x)
         recorded = [t for lst in (lists or []) for t in lst]

@@ -33,7 +33,7 @@ def _pair_names(a: Mapping, b: Mapping) -> Dict[str, str]:
     raise VitoptError(f"no outputs in common to compare: {sorted(a)} vs {sorted(b)}")
 
 
-def _cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def row_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Row-wise cosine of two (N, D) arrays; two all-zero rows count as identical."""
     den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
     dot = np.sum(x * y, axis=1)
@@ -71,8 +71,8 @@ def compare_arrays(a, b, tolerance: Optional[Tolerance] = None) -> dict:
     rel_d = abs_d / np.maximum(np.abs(y).ravel(), 1e-12)
     empty = abs_d.size == 0
     with np.errstate(invalid="ignore", over="ignore"):
-        sample_cos = _cosine(xs, ys) if not empty else np.ones(1)
-        overall = float(_cosine(x.reshape(1, -1), y.reshape(1, -1))[0]) if not empty else 1.0
+        sample_cos = row_cosines(xs, ys) if not empty else np.ones(1)
+        overall = float(row_cosines(x.reshape(1, -1), y.reshape(1, -1))[0]) if not empty else 1.0
     top1 = None
     if x.ndim >= 2 and xs.shape[1] > 1:
         top1 = float(np.mean(xs.argmax(1) == ys.argmax(1)))

@@ -89,12 +89,12 @@ def test_int8_keeps_the_merge_index_arithmetic_exact(exported, mode):
 def test_recorded_margins_are_the_gaps_of_each_decision():
     """Oracle: a numpy recomputation of both gaps per sample: the r-th vs (r+1)-th best A score (which
     tokens merge) and, over the merged A tokens, best vs second-best B score (where they merge)."""
-    from optimizer.methods.merge.matching import recording_margins
+    from optimizer.methods.merge.matching import match_tokens, recording_margins
     torch.manual_seed(0)
     metric = torch.randn(3, 17, 8)
     r = 4
     with recording_margins() as rec:
-        _, src, _ = __import__("optimizer.methods.merge", fromlist=["match_tokens"]).match_tokens(metric, r)
+        _, src, _ = match_tokens(metric, r)
     assert len(rec) == 1 and rec[0].shape == (3,)
     m = metric.double().numpy()
     m = m / np.linalg.norm(m, axis=-1, keepdims=True)

@@ -356,8 +356,8 @@ def calibration_batches(ctx, model, cfg: LowRankConfig):
     with dist.agree_on_errors():
         ds = ctx.calib_dataset(model)
     from ...data.folder import spaced_indices
-    loader = dist.sharded_loader(Subset(ds, spaced_indices(len(ds), cfg.calib_images)), cfg.batch_size, shuffle=False, workers=ctx.workers,
-                                 whole_batches=True)
+    loader = dist.sharded_loader(Subset(ds, spaced_indices(len(ds), cfg.calib_images)), cfg.batch_size,
+                                 shuffle=False, workers=ctx.workers, whole_batches=True)
     rank, world = dist.rank_world()
     device = torch.device(ctx.device)
     for k, batch in enumerate(loader):
