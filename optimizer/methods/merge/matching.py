@@ -36,7 +36,7 @@ def recording_margins():
     """Record how close every ``match_tokens`` call inside the block came to another decision: yields a
     list that receives one (B,) tensor per call, each sample's smallest margin — the gap between the
     r-th and (r+1)-th best A scores (which tokens merge) and, for each merged A token, between its best
-    and second-best B score (where it merges). Two runtimes whose fp32 scores differ by ~1e-7 may take
+    and second-best B score (where it merges). Two runtimes whose fp32 scores differ in the last bits may take
     another decision below such a margin (``optimizer.tolerances.NEAR_TIE``).
     Example: ``with recording_margins() as m: model(x)``; ``torch.stack(m).amin(0)``"""
     rec: list = []
